@@ -1,0 +1,96 @@
+"""Gaussian diffusion math: the cosine schedule, respacing, and the closed forms samplers and training use.
+
+Everything is a pure function over an immutable `Schedule`. Coefficients are float32 tensors computed
+the way Karlo's runtime (diffusers' UnCLIPScheduler) computes them, so sampling matches it bit for bit
+on the same inputs: betas from the cosine alpha-bar in float64 Python, cast to float32, then
+alphas_cumprod = cumprod(1 - betas) in float32.
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Schedule:
+    betas: torch.Tensor  # [T] float32
+    alphas_cumprod: torch.Tensor  # [T] float32
+
+    @property
+    def num_timesteps(self) -> int:
+        return self.betas.shape[0]
+
+
+def cosine_schedule(num_timesteps: int = 1000, max_beta: float = 0.999) -> Schedule:
+    """The "squaredcos_cap_v2" schedule of Improved DDPM (Nichol & Dhariwal 2021)."""
+
+    def alpha_bar(s: float) -> float:
+        return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    T = num_timesteps
+    betas = [min(1 - alpha_bar((i + 1) / T) / alpha_bar(i / T), max_beta) for i in range(T)]
+    betas = torch.tensor(betas, dtype=torch.float32)
+    return Schedule(betas=betas, alphas_cumprod=torch.cumprod(1.0 - betas, dim=0))
+
+
+def respace(num_timesteps: int, steps: int) -> list[int]:
+    """Evenly spaced timesteps, descending, from T-1 down to 0 (Karlo's `space_timesteps(T, "n")`)."""
+    if steps < 1 or steps > num_timesteps:
+        raise ValueError(f"steps must be between 1 and {num_timesteps}, got {steps}")
+    if steps == 1:
+        return [num_timesteps - 1]
+    ratio = (num_timesteps - 1) / (steps - 1)
+    return [int(t) for t in (np.arange(steps) * ratio).round()[::-1]]
+
+
+def alpha_bar_at(schedule: Schedule, t: int) -> torch.Tensor:
+    """alpha-bar at integer t; 1 for t < 0 (the clean data)."""
+    return schedule.alphas_cumprod[t] if t >= 0 else torch.tensor(1.0)
+
+
+def step_betas(schedule: Schedule, t: int, prev: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(beta, alpha) of the respaced step t -> prev: beta = 1 - abar_t / abar_prev."""
+    if prev == t - 1:
+        return schedule.betas[t], 1.0 - schedule.betas[t]
+    beta = 1 - schedule.alphas_cumprod[t] / alpha_bar_at(schedule, prev)
+    return beta, 1 - beta
+
+
+def x0_from_eps(schedule: Schedule, x_t: torch.Tensor, t: int, eps: torch.Tensor) -> torch.Tensor:
+    abar = schedule.alphas_cumprod[t]
+    return (x_t - (1 - abar) ** 0.5 * eps) / abar**0.5
+
+
+def eps_from_x0(schedule: Schedule, x_t: torch.Tensor, t: int, x0: torch.Tensor) -> torch.Tensor:
+    abar = alpha_bar_at(schedule, t)
+    return (x_t - abar**0.5 * x0) / (1 - abar) ** 0.5
+
+
+def posterior_mean(schedule: Schedule, x0: torch.Tensor, x_t: torch.Tensor, t: int, prev: int) -> torch.Tensor:
+    """Mean of q(x_prev | x_t, x0) for the respaced step t -> prev."""
+    abar_t, abar_prev = schedule.alphas_cumprod[t], alpha_bar_at(schedule, prev)
+    beta, alpha = step_betas(schedule, t, prev)
+    c0 = abar_prev**0.5 * beta / (1 - abar_t)
+    ct = alpha**0.5 * (1 - abar_prev) / (1 - abar_t)
+    return c0 * x0 + ct * x_t
+
+
+def posterior_log_variance(schedule: Schedule, t: int, prev: int, v: torch.Tensor | None = None) -> torch.Tensor:
+    """log Var of the step t -> prev: the posterior variance ("fixed small"), or with v in [-1, 1] the
+    learned interpolation v' log(beta) + (1 - v') log(posterior variance), v' = (v + 1) / 2."""
+    abar_t, abar_prev = schedule.alphas_cumprod[t], alpha_bar_at(schedule, prev)
+    beta, _ = step_betas(schedule, t, prev)
+    var = (1 - abar_prev) / (1 - abar_t) * beta
+    if v is None:
+        return torch.log(torch.clamp(var, min=1e-20))
+    frac = (v + 1) / 2
+    return frac * beta.log() + (1 - frac) * var.log()
+
+
+def q_sample(schedule: Schedule, x0: torch.Tensor, t: torch.Tensor | int, noise: torch.Tensor) -> torch.Tensor:
+    """Noise clean data x0 to timestep t (int or [B] tensor): sqrt(abar) x0 + sqrt(1 - abar) noise."""
+    abar = schedule.alphas_cumprod.to(x0.device)[torch.as_tensor(t, device=x0.device)]
+    abar = abar.reshape(-1, *([1] * (x0.dim() - 1))).to(x0.dtype)
+    return abar**0.5 * x0 + (1 - abar) ** 0.5 * noise

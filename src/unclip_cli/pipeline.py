@@ -1,0 +1,274 @@
+"""The unCLIP cascade as short stage functions: CLIP -> prior -> decoder -> upsamplers.
+
+`generate`, `vary` and `edit` are compositions of the same stages. Each stage module is loaded
+when its stage starts and released when it ends (`Stages`), so peak memory stays near the largest
+stage. Noise comes only from the per-image generators passed in, in Karlo's order: prior init,
+prior steps, decoder init, decoder steps, upsampler init, upsampler steps.
+"""
+
+import gc
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from unclip_cli import checkpoint, clip, diffusion, samplers, weights
+from unclip_cli.clip import TextEncoding
+from unclip_cli.errors import UnclipError
+
+Report = Callable[[str, int, int], None]  # (stage, steps done, steps total)
+KINDS = {"clip": "clip", "prior": "prior", "text_proj": "text_proj", "decoder": "unet"}
+
+
+def _noop(stage: str, done: int, total: int) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Options:
+    prior_steps: int = 25
+    decoder_steps: int = 25
+    sr_steps: int = 7
+    prior_guidance: float = 4.0
+    decoder_guidance: float = 8.0
+    sampler: str = "ddpm"
+    size: int = 256
+    prior_clip: float = 5.0  # clamp of the prior's x0 (diffusers: 5, original Karlo: 10)
+    num_timesteps: int = 1000
+
+
+class Stages:
+    """Resolves, checks and loads the stage modules of one model."""
+
+    def __init__(self, spec: weights.ModelSpec, device, dtype, paths: dict[str, Path], keep_loaded: bool = False):
+        self.spec, self.device, self.dtype, self.paths = spec, torch.device(device), dtype, paths
+        self.keep_loaded = keep_loaded
+        self._loaded: dict[str, object] = {}
+        self.tokenizer: clip.Tokenizer | None = None
+
+    def has(self, stage: str) -> bool:
+        return stage in self.paths
+
+    def preflight(self) -> None:
+        """Strict key/shape check of every stage file from its header, before any sampling."""
+        for stage, path in self.paths.items():
+            meta, shapes = checkpoint.read_header(path, stage)
+            if meta.get("format") != checkpoint.FORMAT:
+                raise UnclipError(f"stage '{stage}': {path} is not an unclip checkpoint")
+            import json
+
+            with torch.device("meta"):
+                module = checkpoint.instantiate(meta["kind"], json.loads(meta["config"]), stage)
+            checkpoint.check_strict(stage, {k: tuple(v.shape) for k, v in module.state_dict().items()}, shapes)
+
+    def get(self, stage: str):
+        if stage not in self._loaded:
+            kind = KINDS.get(stage, "unet")
+            module, _ = checkpoint.build(self.paths[stage], stage, self.device, self.dtype, expect_kind=kind)
+            self._loaded[stage] = module
+        return self._loaded[stage]
+
+    def release(self, *names: str) -> None:
+        if self.keep_loaded:
+            return
+        for n in names:
+            self._loaded.pop(n, None)
+        gc.collect()
+
+    def context_length(self) -> int:
+        return int(self.get("clip").positional_embedding.shape[0])
+
+
+def open_model(name: str | None, device, dtype, size: int | None, *, keep_loaded: bool = False) -> tuple[Stages, int]:
+    """Fetch and check the files a run at `size` needs. Returns (stages, resolved size)."""
+    spec = weights.resolve(name)
+    reach = 64
+    for s, r in (("sr256", 256), ("sr1024", 1024)):
+        if s in spec.stages:
+            reach = r
+    size = size or reach
+    if size not in (64, 256, 1024):
+        raise UnclipError(f"--size must be 64, 256 or 1024, got {size}")
+    if size > reach:
+        raise UnclipError(f"model '{spec.name}' reaches {reach}x{reach}; --size {size} is not available")
+    needed = list(weights.REQUIRED)
+    for s, r in (("sr256", 256), ("sr1024", 1024)):
+        if size >= r:
+            needed += [s] + ([f"{s}_last"] if f"{s}_last" in spec.stages else [])
+    paths = {s: weights.fetch(spec.stages[s], f"stage '{s}' of model '{spec.name}'", model=spec.name) for s in needed}
+    stages = Stages(spec, device, dtype, paths, keep_loaded=keep_loaded)
+    stages.preflight()
+    return stages, size
+
+
+# Stages ------------------------------------------------------------------------------------
+
+
+def encode_text(stages: Stages, prompts: list[str]) -> tuple[TextEncoding, list[str]]:
+    """CLIP text encodings of prompts, and the words each prompt lost to truncation."""
+    model = stages.get("clip")
+    if stages.tokenizer is None:
+        stages.tokenizer = clip.Tokenizer(stages.context_length())
+    ids, mask, dropped = stages.tokenizer(prompts)
+    with torch.no_grad():
+        return clip.encode_text(model, ids, mask), dropped
+
+
+def encode_images(stages: Stages, images) -> torch.Tensor:
+    model = stages.get("clip")
+    size = clip.image_size(model)
+    pixels = torch.stack([clip.preprocess(im, size) for im in images])
+    with torch.no_grad():
+        return clip.encode_image(model, pixels)
+
+
+def _sample(opts: Options, denoise, x, schedule, steps: int, gens, name: str, report: Report, post_step=None):
+    timesteps = diffusion.respace(schedule.num_timesteps, steps)
+    report(name, 0, len(timesteps))
+    cb = lambda i, t, x: report(name, i + 1, len(timesteps))  # noqa: E731
+    fn = samplers.SAMPLERS[opts.sampler]
+    with torch.no_grad():
+        return fn(denoise, x, schedule, timesteps, generators=gens, callback=cb, post_step=post_step)
+
+
+def prior_stage(stages: Stages, text: TextEncoding, uncond: TextEncoding, opts: Options, gens, report: Report = _noop):
+    """CLIP text encoding -> CLIP image embedding [B, D] (denormalised)."""
+    prior = stages.get("prior")
+    schedule = diffusion.cosine_schedule(opts.num_timesteps)
+    both = TextEncoding.cat([uncond, text])
+    cond = dict(text_embed=text.embed, text_tokens=text.tokens, text_mask=text.mask)
+    pair = dict(text_embed=both.embed, text_tokens=both.tokens, text_mask=both.mask)
+    if opts.prior_guidance == 1.0:
+        net = lambda x, t: prior(x, torch.tensor(t, device=x.device), **cond)  # noqa: E731
+    else:
+        net2 = lambda x, t: prior(x, torch.tensor(t, device=x.device), **pair)  # noqa: E731
+        net = samplers.guided(net2, opts.prior_guidance)
+    denoise = samplers.Denoiser(net, schedule, prediction="sample", learned_variance=False, clip=opts.prior_clip)
+    D = prior.cfg.embedding_dim
+    x = samplers.randn((len(gens), D), gens, stages.device, stages.dtype)
+    z = _sample(opts, denoise, x, schedule, opts.prior_steps, gens, "prior", report)
+    out = prior.denormalize(z)
+    stages.release("prior")
+    return out
+
+
+def decoder_stage(
+    stages: Stages, image_embed, text: TextEncoding, uncond: TextEncoding, opts: Options, gens,
+    report: Report = _noop, known: tuple[torch.Tensor, torch.Tensor] | None = None,
+):
+    """CLIP image embedding (+ text) -> 64x64 image in [-1, 1]. `known` = (image, keep mask) for edits."""
+    text_proj, unet = stages.get("text_proj"), stages.get("decoder")
+    schedule = diffusion.cosine_schedule(opts.num_timesteps)
+    B = image_embed.shape[0]
+    if opts.decoder_guidance == 1.0:
+        emb, ctx, cmask = text_proj(image_embed, text.embed, text.tokens, text.mask)
+        net = lambda x, t: unet(x, torch.tensor(t, device=x.device), emb=emb, context=ctx, context_mask=cmask)  # noqa: E731
+    else:
+        both = TextEncoding.cat([uncond, text])
+        images = torch.cat([text_proj.null_image_embed(B, image_embed.dtype), image_embed])
+        emb, ctx, cmask = text_proj(images, both.embed, both.tokens, both.mask)
+        net2 = lambda x, t: unet(x, torch.tensor(t, device=x.device), emb=emb, context=ctx, context_mask=cmask)  # noqa: E731
+        net = samplers.guided(net2, opts.decoder_guidance, guided_channels=unet.cfg.in_channels)
+    learned = unet.cfg.out_channels == 2 * unet.cfg.in_channels
+    denoise = samplers.Denoiser(net, schedule, prediction="epsilon", learned_variance=learned, clip=1.0)
+    C, S = unet.cfg.in_channels, 64
+    if known is not None:
+        S = known[0].shape[-1]
+    x = samplers.randn((B, C, S, S), gens, stages.device, stages.dtype)
+    post = _keep_known(schedule, known, gens) if known is not None else None
+    out = _sample(opts, denoise, x, schedule, opts.decoder_steps, gens, "decoder", report, post).clamp(-1, 1)
+    stages.release("text_proj", "decoder")
+    return out
+
+
+def upsample_stage(
+    stages: Stages, name: str, low: torch.Tensor, size: int, opts: Options, gens,
+    report: Report = _noop, known: tuple[torch.Tensor, torch.Tensor] | None = None,
+):
+    """Super-resolution: low-res image [B, 3, s, s] -> [B, 3, size, size] in [-1, 1]."""
+    first = stages.get(name)
+    last = stages.get(f"{name}_last") if stages.has(f"{name}_last") else first
+    schedule = diffusion.cosine_schedule(opts.num_timesteps)
+    timesteps = diffusion.respace(schedule.num_timesteps, opts.sr_steps)
+    up = F.interpolate(low, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+
+    def net(x, t):
+        model = last if t == timesteps[-1] else first
+        return model(x, torch.tensor(t, device=x.device), low_res=up)
+
+    learned = first.cfg.out_channels == 2 * (first.cfg.in_channels - up.shape[1])
+    denoise = samplers.Denoiser(net, schedule, prediction="epsilon", learned_variance=learned, clip=1.0)
+    x = samplers.randn((low.shape[0], up.shape[1], size, size), gens, stages.device, stages.dtype)
+    post = _keep_known(schedule, known, gens) if known is not None else None
+    out = _sample(opts, denoise, x, schedule, opts.sr_steps, gens, name, report, post).clamp(-1, 1)
+    stages.release(name, f"{name}_last")
+    return out
+
+
+def _keep_known(schedule, known, gens):
+    """After each step, reset the kept pixels to the known image noised to the new timestep."""
+    image, keep = known
+
+    def post(x, prev):
+        if prev < 0:
+            return torch.where(keep, image, x)
+        noise = samplers.randn(x.shape, gens, x.device, x.dtype)
+        return torch.where(keep, diffusion.q_sample(schedule, image, prev, noise), x)
+
+    return post
+
+
+def upsample_all(stages: Stages, x64, opts: Options, gens, report: Report = _noop, known_at=None):
+    """Run the upsamplers needed to reach opts.size. known_at(size) -> (image, keep) for edits."""
+    x = x64
+    for name, size in (("sr256", 256), ("sr1024", 1024)):
+        if opts.size >= size:
+            x = upsample_stage(stages, name, x, size, opts, gens, report, known_at(size) if known_at else None)
+    return x
+
+
+# Verbs ------------------------------------------------------------------------------------
+
+
+def generate(stages: Stages, prompts: list[str], opts: Options, gens, report: Report = _noop):
+    """One image per prompt (repeat prompts for several images). Returns [B, 3, size, size]."""
+    text, _ = encode_text(stages, prompts)
+    uncond, _ = encode_text(stages, [""] * len(prompts))
+    stages.release("clip")
+    image_embed = prior_stage(stages, text, uncond, opts, gens, report)
+    x = decoder_stage(stages, image_embed, text, uncond, opts, gens, report)
+    return upsample_all(stages, x, opts, gens, report)
+
+
+def vary(stages: Stages, images, opts: Options, gens, report: Report = _noop):
+    """Variations: each image's CLIP embedding goes to the decoder with an empty caption."""
+    image_embed = encode_images(stages, images)
+    text, _ = encode_text(stages, [""] * len(images))
+    stages.release("clip")
+    x = decoder_stage(stages, image_embed, text, text, opts, gens, report)
+    return upsample_all(stages, x, opts, gens, report)
+
+
+def edit(stages: Stages, image: torch.Tensor, edit_mask: torch.Tensor, prompts: list[str], opts: Options, gens,
+         report: Report = _noop):
+    """Regenerate the masked area. image: [B, 3, S, S] in [-1, 1] at opts.size; edit_mask: [B, 1, S, S] bool.
+
+    The mask is carried down to each stage's resolution by max-pooling (a low-res pixel is edited
+    if any pixel it covers is), so the edit region never shrinks.
+    """
+    image, edit_mask = image.to(stages.device, stages.dtype), edit_mask.to(stages.device)
+
+    def known_at(size: int):
+        f = image.shape[-1] // size
+        img = F.interpolate(image, size=(size, size), mode="area") if f > 1 else image
+        m = F.max_pool2d(edit_mask.float(), f) if f > 1 else edit_mask.float()
+        return img, ~(m > 0)
+
+    text, _ = encode_text(stages, prompts)
+    uncond, _ = encode_text(stages, [""] * len(prompts))
+    stages.release("clip")
+    image_embed = prior_stage(stages, text, uncond, opts, gens, report)
+    x = decoder_stage(stages, image_embed, text, uncond, opts, gens, report, known_at(64))
+    return upsample_all(stages, x, opts, gens, report, known_at)

@@ -1,0 +1,144 @@
+"""Samplers: plain functions over a denoiser, sharing one signature.
+
+A denoiser is a callable `denoise(x, t) -> Prediction` at an integer timestep t of the training
+schedule; it returns the predicted clean sample x0 (already clamped if the stage clamps) and, for
+networks with learned variance, the raw variance channels v in [-1, 1]. `Denoiser` adapts a
+network to that contract; `guided` adds classifier-free guidance. Samplers draw noise only from
+the generators passed in (one per batch element, so image i is reproducible on its own) and know
+nothing of text, CLIP, cascades or progress bars; `callback(i, t, x)` is called after every step.
+"""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from unclip_cli import diffusion as D
+
+
+@dataclass
+class Prediction:
+    x0: torch.Tensor
+    v: torch.Tensor | None = None  # learned-range variance channels, if the network has them
+
+
+Denoise = Callable[[torch.Tensor, int], Prediction]
+Callback = Callable[[int, int, torch.Tensor], None] | None
+PostStep = Callable[[torch.Tensor, int], torch.Tensor] | None
+
+
+def randn(shape: Sequence[int], generators: Sequence[torch.Generator], device, dtype) -> torch.Tensor:
+    """Standard normal noise, one CPU generator per batch element, moved to device afterwards.
+
+    Drawing on the CPU makes an image depend on its seed only, not on the device it runs on.
+    """
+    if len(generators) != shape[0]:
+        raise ValueError(f"need one generator per batch element ({shape[0]}), got {len(generators)}")
+    parts = [torch.randn((1, *shape[1:]), generator=g, dtype=torch.float32) for g in generators]
+    return torch.cat(parts).to(device=device, dtype=dtype)
+
+
+def ddpm(
+    denoise: Denoise,
+    x: torch.Tensor,
+    schedule: D.Schedule,
+    timesteps: Sequence[int],
+    *,
+    generators: Sequence[torch.Generator],
+    callback: Callback = None,
+    post_step: PostStep = None,
+) -> torch.Tensor:
+    """Ancestral sampling (DDPM) over the respaced `timesteps` (descending, ending at 0).
+
+    The noise scale is the posterior's ("fixed small") unless the denoiser returns learned-range
+    variance channels. No noise is added on the step that reaches t = 0 data.
+    """
+    for i, t in enumerate(timesteps):
+        prev = timesteps[i + 1] if i + 1 < len(timesteps) else t - 1
+        pred = denoise(x, t)
+        mean = D.posterior_mean(schedule, pred.x0, x, t, prev)
+        if t > 0:
+            noise = randn(x.shape, generators, x.device, x.dtype)
+            log_var = D.posterior_log_variance(schedule, t, prev, pred.v)
+            x = mean + torch.exp(0.5 * log_var) * noise
+        else:
+            x = mean
+        if post_step is not None:
+            x = post_step(x, prev)
+        if callback is not None:
+            callback(i, t, x)
+    return x
+
+
+def ddim(
+    denoise: Denoise,
+    x: torch.Tensor,
+    schedule: D.Schedule,
+    timesteps: Sequence[int],
+    *,
+    generators: Sequence[torch.Generator],
+    callback: Callback = None,
+    post_step: PostStep = None,
+    eta: float = 0.0,
+) -> torch.Tensor:
+    """DDIM (Song et al. 2020); eta = 0 is deterministic, eta = 1 resembles DDPM."""
+    for i, t in enumerate(timesteps):
+        prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+        pred = denoise(x, t)
+        eps = D.eps_from_x0(schedule, x, t, pred.x0)
+        abar_t, abar_prev = schedule.alphas_cumprod[t], D.alpha_bar_at(schedule, prev)
+        sigma = eta * ((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)) ** 0.5
+        x = abar_prev**0.5 * pred.x0 + (1 - abar_prev - sigma**2).clamp(min=0) ** 0.5 * eps
+        if eta > 0 and prev >= 0:
+            x = x + sigma * randn(x.shape, generators, x.device, x.dtype)
+        if post_step is not None:
+            x = post_step(x, prev)
+        if callback is not None:
+            callback(i, t, x)
+    return x
+
+
+SAMPLERS = {"ddpm": ddpm, "ddim": ddim}
+
+
+# Adapters ------------------------------------------------------------------------------------
+
+
+class Denoiser:
+    """Adapts a network `net(x, t) -> output` to the `denoise(x, t) -> Prediction` contract.
+
+    prediction: "epsilon" or "sample" (x0); learned_variance: the output has 2C channels whose
+    second half is the learned-range variance; clip: clamp x0 to [-clip, clip] (None: no clamp).
+    """
+
+    def __init__(self, net, schedule: D.Schedule, *, prediction: str, learned_variance: bool, clip: float | None):
+        self.net, self.schedule = net, schedule
+        self.prediction, self.learned_variance, self.clip = prediction, learned_variance, clip
+
+    def __call__(self, x: torch.Tensor, t: int) -> Prediction:
+        out = self.net(x, t)
+        v = None
+        if self.learned_variance:
+            out, v = out.split(x.shape[1], dim=1)
+        x0 = D.x0_from_eps(self.schedule, x, t, out) if self.prediction == "epsilon" else out
+        if self.clip is not None:
+            x0 = x0.clamp(-self.clip, self.clip)
+        return Prediction(x0=x0, v=v)
+
+
+def guided(net_uncond_cond, scale: float, guided_channels: int | None = None):
+    """Classifier-free guidance over a network run on the doubled batch [uncond; cond].
+
+    `net_uncond_cond(x2, t)` takes cat([x, x]) and returns [out_uncond; out_cond]. The first
+    `guided_channels` channels (all if None) become u + scale (c - u); any others (learned variance)
+    are taken from the conditional half, as Karlo does.
+    """
+
+    def net(x: torch.Tensor, t: int) -> torch.Tensor:
+        u, c = net_uncond_cond(torch.cat([x, x]), t).chunk(2)
+        if guided_channels is None:
+            return u + scale * (c - u)
+        k = guided_channels
+        return torch.cat([u[:, :k] + scale * (c[:, :k] - u[:, :k]), c[:, k:]], dim=1)
+
+    return net

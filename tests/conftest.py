@@ -1,0 +1,28 @@
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import tiny  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A folder with tiny random checkpoints of every stage and a weights.toml naming them."""
+    folder = tmp_path_factory.mktemp("tiny_home")
+    tiny.write_model(folder)
+    return folder
+
+
+@pytest.fixture
+def home(tmp_path, tiny_model_dir, monkeypatch) -> Path:
+    """A fresh UNCLIP_HOME whose weights.toml adds the tiny model (and makes it the default)."""
+    h = tmp_path / "home"
+    shutil.copytree(tiny_model_dir, h)
+    monkeypatch.setenv("UNCLIP_HOME", str(h))
+    monkeypatch.setenv("UNCLIP_QUIET", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return h
