@@ -22,3 +22,15 @@ test: $(BIN)/.installed
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# Train the bundled `shapes` model from scratch (about 2 hours on 2 CPU cores); logs in runs/shapes/.
+UNCLIP = $(BIN)/unclip
+train-shapes: $(BIN)/.installed
+	test -d data/shapes-256 || $(UNCLIP) data shapes --count 20000 --out data/shapes-256 --seed 0 --size 256
+	test -d data/shapes-1024 || $(UNCLIP) data shapes --count 300 --out data/shapes-1024 --seed 1 --size 1024
+	$(UNCLIP) train clip -c configs/shapes/clip.toml -o runs/shapes/clip
+	$(UNCLIP) train prior -c configs/shapes/prior.toml -o runs/shapes/prior
+	$(UNCLIP) train decoder -c configs/shapes/decoder.toml -o runs/shapes/decoder
+	$(UNCLIP) train upsampler -c configs/shapes/sr256.toml -o runs/shapes/sr256
+	$(UNCLIP) train upsampler -c configs/shapes/sr1024.toml -o runs/shapes/sr1024
+	$(BIN)/python scripts/bundle_shapes.py runs/shapes

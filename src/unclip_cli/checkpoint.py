@@ -7,6 +7,7 @@ Pickles are never read.
 """
 
 import json
+import os
 from dataclasses import asdict, fields, is_dataclass
 from pathlib import Path
 
@@ -56,6 +57,7 @@ def save(path: str | Path, kind: str, config, state_dict: dict[str, torch.Tensor
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=meta)
+    os.chmod(tmp, 0o644)
     tmp.replace(path)
 
 

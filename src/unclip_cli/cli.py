@@ -46,7 +46,7 @@ SrSteps = Annotated[Optional[int], typer.Option(help="Upsampler sampling steps (
 PriorGuidance = Annotated[Optional[float], typer.Option(help="Prior classifier-free guidance scale (Karlo: 4.0).")]
 DecoderGuidance = Annotated[Optional[float], typer.Option(help="Decoder classifier-free guidance scale (Karlo: 8.0).")]
 Sampler = Annotated[str, typer.Option(help="ddpm (ancestral, as Karlo) or ddim.")]
-Size = Annotated[Optional[int], typer.Option(help="Output size: 64, 256 or 1024 (default: the largest the model reaches).")]
+Size = Annotated[Optional[int], typer.Option(help="Output size: the decoder's own (64 for Karlo, 32 for shapes), 256 or 1024; default: the largest the model reaches.")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
 Dtype = Annotated[str, typer.Option(help="auto (fp16 on CUDA, else fp32), fp32, fp16 or bf16.")]
 Outdir = Annotated[Path, typer.Option("--outdir", "-o", help="Folder for the PNGs (never overwrites).")]
@@ -152,6 +152,66 @@ def models_pull(name: Annotated[str, typer.Argument(help="Model name from weight
         from unclip_cli import commands
 
         commands.models_pull(name)
+
+
+data_app = typer.Typer(help="Make training data.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("shapes")
+def data_shapes(
+    count: Annotated[int, typer.Option(help="Number of images.")],
+    out: Annotated[Path, typer.Option(help="Output folder (must not exist or be empty).")],
+    seed: Annotated[int, typer.Option(help="Seed; the same seed gives the same dataset.")] = 0,
+    size: Annotated[int, typer.Option(help="Image size in pixels.")] = 256,
+):
+    """Render the procedural shapes world as an image+caption folder (img2dataset layout)."""
+    with friendly_errors():
+        from unclip_cli import shapes
+
+        if count < 1:
+            raise UnclipError(f"--count must be at least 1, got {count}")
+        try:
+            shapes.write_dataset(out, count, seed, size=size)
+        except FileExistsError as e:
+            raise UnclipError(str(e)) from None
+        typer.echo(str(out))
+
+
+@app.command()
+def train(
+    stage: Annotated[str, typer.Argument(help="clip, prior, decoder or upsampler.")],
+    config: Annotated[Path, typer.Option("--config", "-c", help="Training config (TOML).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: checkpoints, exported stage files, log.")],
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/state.safetensors if present.")] = True,
+):
+    """Train one stage; also runs under `torchrun --nproc_per_node N` (DDP)."""
+    with friendly_errors():
+        from unclip_cli import train as training
+
+        def log(rec: dict) -> None:
+            typer.echo(" ".join(f"{k}={v}" for k, v in rec.items()), err=True)
+
+        training.run(stage, config, out, resume=resume, log=log)
+
+
+@app.command("eval")
+def eval_(
+    model: Annotated[Optional[str], typer.Argument(help="Model name (default: the bundled model).")] = None,
+    per_prompt: Annotated[int, typer.Option(help="Images per held-out prompt.")] = 32,
+    ablation: Annotated[bool, typer.Option(help="Also (a) caption only and (b) CLIP text embedding in place of the prior.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of each prompt's first image.")] = 0,
+    size: Annotated[Optional[int], typer.Option(help="Judge images at this size (default: the decoder's own, fastest).")] = None, prior_steps: PriorSteps = None, decoder_steps: DecoderSteps = None, sr_steps: SrSteps = None,
+    prior_guidance: PriorGuidance = None, decoder_guidance: DecoderGuidance = None,
+    device: Device = "auto", out: Annotated[Optional[Path], typer.Option(help="Also write the results as JSON here.")] = None,
+):
+    """Measure how well images match captions on the shapes world's held-out prompts."""
+    with friendly_errors():
+        from unclip_cli import commands
+
+        commands.evaluate(model, per_prompt, ablation, seed, size, dict(
+            prior_steps=prior_steps, decoder_steps=decoder_steps, sr_steps=sr_steps,
+            prior_guidance=prior_guidance, decoder_guidance=decoder_guidance), device, out)
 
 
 def main() -> None:

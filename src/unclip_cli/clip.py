@@ -99,3 +99,8 @@ def encode_image(model, pixels: torch.Tensor) -> torch.Tensor:
     """pixels: [B, 3, S, S] preprocessed. Returns the projected image embedding [B, D]."""
     weight = next(model.visual.parameters())
     return model.encode_image(pixels.to(device=weight.device, dtype=weight.dtype))
+
+
+def image_size_from_config(config: dict) -> int:
+    size = config["vision_cfg"].get("image_size", 224)
+    return size[0] if isinstance(size, (tuple, list)) else int(size)

@@ -42,8 +42,10 @@ class Options:
 class Stages:
     """Resolves, checks and loads the stage modules of one model."""
 
-    def __init__(self, spec: weights.ModelSpec, device, dtype, paths: dict[str, Path], keep_loaded: bool = False):
+    def __init__(self, spec: weights.ModelSpec, device, dtype, paths: dict[str, Path], keep_loaded: bool = False,
+                 config_paths: dict[str, Path] | None = None):
         self.spec, self.device, self.dtype, self.paths = spec, torch.device(device), dtype, paths
+        self.config_paths = config_paths or {}  # diffusers layout: config.json per stage
         self.keep_loaded = keep_loaded
         self._loaded: dict[str, object] = {}
         self.tokenizer: clip.Tokenizer | None = None
@@ -53,6 +55,12 @@ class Stages:
 
     def preflight(self) -> None:
         """Strict key/shape check of every stage file from its header, before any sampling."""
+        if self.spec.format == "diffusers":
+            from unclip_cli import karlo
+
+            for stage, path in self.paths.items():
+                karlo.check_stage(stage, path, self.config_paths.get(stage))
+            return
         for stage, path in self.paths.items():
             meta, shapes = checkpoint.read_header(path, stage)
             if meta.get("format") != checkpoint.FORMAT:
@@ -64,6 +72,15 @@ class Stages:
             checkpoint.check_strict(stage, {k: tuple(v.shape) for k, v in module.state_dict().items()}, shapes)
 
     def get(self, stage: str):
+        if stage not in self.paths:
+            raise UnclipError(f"model '{self.spec.name}' has no {stage} stage")
+        if stage not in self._loaded and self.spec.format == "diffusers":
+            from unclip_cli import karlo
+
+            path, cfg = self.paths[stage], self.config_paths.get(stage)
+            if stage == "clip" and self.has("clip_vision"):  # text_encoder + image_encoder: one CLIP
+                path, cfg = (path, self.paths["clip_vision"]), (cfg, self.config_paths.get("clip_vision"))
+            self._loaded[stage] = karlo.build_stage(stage, path, cfg, self.device, self.dtype)
         if stage not in self._loaded:
             kind = KINDS.get(stage, "unet")
             module, _ = checkpoint.build(self.paths[stage], stage, self.device, self.dtype, expect_kind=kind)
@@ -77,29 +94,48 @@ class Stages:
             self._loaded.pop(n, None)
         gc.collect()
 
+    def decoder_size(self) -> int:
+        """Resolution the decoder generates at (Karlo: 64), read from its config without loading it."""
+        if self.spec.format == "diffusers":
+            import json
+
+            cfg = self.config_paths.get("decoder")
+            return int(json.loads(cfg.read_text()).get("sample_size") or 64) if cfg else 64
+        import json
+
+        meta, _ = checkpoint.read_header(self.paths["decoder"], "decoder")
+        return int(json.loads(meta["config"]).get("sample_size", 64))
+
     def context_length(self) -> int:
         return int(self.get("clip").positional_embedding.shape[0])
 
 
 def open_model(name: str | None, device, dtype, size: int | None, *, keep_loaded: bool = False) -> tuple[Stages, int]:
-    """Fetch and check the files a run at `size` needs. Returns (stages, resolved size)."""
+    """Fetch and check the files a run at `size` needs. Returns (stages, resolved size).
+
+    Sizes: the decoder's own resolution (64 for Karlo), then 256 and 1024 as far as the
+    model's upsamplers reach.
+    """
     spec = weights.resolve(name)
-    reach = 64
-    for s, r in (("sr256", 256), ("sr1024", 1024)):
-        if s in spec.stages:
-            reach = r
-    size = size or reach
-    if size not in (64, 256, 1024):
+    ups = [(s, r) for s, r in (("sr256", 256), ("sr1024", 1024)) if s in spec.stages]
+    needed = list(weights.REQUIRED) + [s for s, _ in ups] + [f"{s}_last" for s, _ in ups if f"{s}_last" in spec.stages]
+    if size is not None and size not in (32, 64, 256, 1024):
         raise UnclipError(f"--size must be 64, 256 or 1024, got {size}")
-    if size > reach:
-        raise UnclipError(f"model '{spec.name}' reaches {reach}x{reach}; --size {size} is not available")
-    needed = list(weights.REQUIRED)
-    for s, r in (("sr256", 256), ("sr1024", 1024)):
-        if size >= r:
-            needed += [s] + ([f"{s}_last"] if f"{s}_last" in spec.stages else [])
+    if size is not None and ups and size > ups[-1][1]:
+        raise UnclipError(f"model '{spec.name}' reaches {ups[-1][1]}x{ups[-1][1]}; --size {size} is not available")
+    if size is not None:  # only fetch what this size needs
+        needed = [s for s in needed if not s.startswith("sr") or int(s[2:].split("_")[0]) <= size]
     paths = {s: weights.fetch(spec.stages[s], f"stage '{s}' of model '{spec.name}'", model=spec.name) for s in needed}
-    stages = Stages(spec, device, dtype, paths, keep_loaded=keep_loaded)
+    configs = {s: weights.fetch(spec.configs[s], f"config of stage '{s}' of model '{spec.name}'", model=spec.name)
+               for s in needed if s in spec.configs}
+    stages = Stages(spec, device, dtype, paths, keep_loaded=keep_loaded, config_paths=configs)
     stages.preflight()
+    base = stages.decoder_size()
+    reach = ups[-1][1] if ups else base
+    size = size or reach
+    if size not in (base, *[r for _, r in ups]):
+        allowed = ", ".join(str(v) for v in (base, *[r for _, r in ups]))
+        raise UnclipError(f"model '{spec.name}' makes images of size {allowed}; --size {size} is not available")
     return stages, size
 
 
@@ -118,6 +154,8 @@ def encode_text(stages: Stages, prompts: list[str]) -> tuple[TextEncoding, list[
 
 def encode_images(stages: Stages, images) -> torch.Tensor:
     model = stages.get("clip")
+    if not hasattr(model.visual, "image_size"):  # hf_clip.AbsentTower: a text-only CLIP
+        raise UnclipError(f"model '{stages.spec.name}' has no CLIP image encoder; this needs one")
     size = clip.image_size(model)
     pixels = torch.stack([clip.preprocess(im, size) for im in images])
     with torch.no_grad():
@@ -173,9 +211,7 @@ def decoder_stage(
         net = samplers.guided(net2, opts.decoder_guidance, guided_channels=unet.cfg.in_channels)
     learned = unet.cfg.out_channels == 2 * unet.cfg.in_channels
     denoise = samplers.Denoiser(net, schedule, prediction="epsilon", learned_variance=learned, clip=1.0)
-    C, S = unet.cfg.in_channels, 64
-    if known is not None:
-        S = known[0].shape[-1]
+    C, S = unet.cfg.in_channels, unet.cfg.sample_size
     x = samplers.randn((B, C, S, S), gens, stages.device, stages.dtype)
     post = _keep_known(schedule, known, gens) if known is not None else None
     out = _sample(opts, denoise, x, schedule, opts.decoder_steps, gens, "decoder", report, post).clamp(-1, 1)
@@ -270,5 +306,5 @@ def edit(stages: Stages, image: torch.Tensor, edit_mask: torch.Tensor, prompts: 
     uncond, _ = encode_text(stages, [""] * len(prompts))
     stages.release("clip")
     image_embed = prior_stage(stages, text, uncond, opts, gens, report)
-    x = decoder_stage(stages, image_embed, text, uncond, opts, gens, report, known_at(64))
+    x = decoder_stage(stages, image_embed, text, uncond, opts, gens, report, known_at(stages.decoder_size()))
     return upsample_all(stages, x, opts, gens, report, known_at)

@@ -100,21 +100,34 @@ def options(args: RunArgs, spec: weights.ModelSpec, size: int) -> pipeline.Optio
 
 
 class StageProgress:
-    """rich progress bars per stage on stderr, and seconds per stage."""
+    """rich progress bars per stage on stderr, and seconds of sampling per stage.
+
+    A stage that runs again (the next image: `done` back at 0) adds its steps to the same bar and its
+    time to the same total.
+    """
 
     def __init__(self, quiet: bool):
         self.timings: dict[str, float] = {}
         self._start: dict[str, float] = {}
         self._tasks: dict[str, int] = {}
+        self._before: dict[str, tuple[int, float]] = {}  # (steps, seconds) of the stage's earlier runs
+        self._total: dict[str, int] = {}
         self.progress = Progress(TextColumn("{task.description:>8}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), console=err, disable=quiet, transient=False)
 
     def __call__(self, stage: str, done: int, total: int) -> None:
+        now = time.perf_counter()
         if stage not in self._tasks:
             self._tasks[stage] = self.progress.add_task(stage, total=total)
-            self._start[stage] = time.perf_counter()
-        self.progress.update(self._tasks[stage], completed=done)
-        self.timings[stage] = round(time.perf_counter() - self._start[stage], 3)
+            self._before[stage] = (0, 0.0)
+            self._start[stage] = now
+        elif done == 0:
+            self._before[stage] = (self._before[stage][0] + self._total[stage], self.timings[stage])
+            self._start[stage] = now
+        self._total[stage] = total
+        steps, seconds = self._before[stage]
+        self.progress.update(self._tasks[stage], completed=steps + done, total=steps + total)
+        self.timings[stage] = round(seconds + now - self._start[stage], 3)
 
 
 def prepare(args: RunArgs):
@@ -138,7 +151,7 @@ def warn_truncated(stages, prompt: str) -> None:
     if dropped[0]:
         n = stages.context_length()
         err.print(f"[yellow]warning:[/] the prompt is longer than CLIP's {n} tokens; dropped: \"{dropped[0]}\"",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)  # one line, however long
 
 
 def write_outputs(pils, seeds, args: RunArgs, stages, opts, mode: str, prompt: str, timings: dict, extra=None):
@@ -153,7 +166,7 @@ def write_outputs(pils, seeds, args: RunArgs, stages, opts, mode: str, prompt: s
             "prior_steps": opts.prior_steps if mode != "vary" else None,
             "prior_guidance": opts.prior_guidance if mode != "vary" else None,
             "decoder_steps": opts.decoder_steps, "decoder_guidance": opts.decoder_guidance,
-            "sr_steps": opts.sr_steps if opts.size > 64 else None, "files": hashes, "version": _version(),
+            "sr_steps": opts.sr_steps if opts.size >= 256 else None, "files": hashes, "version": _version(),
             **(extra or {}),
         }
         params = {k: v for k, v in params.items() if v is not None}

@@ -30,6 +30,7 @@ class UNetConfig:
     norm_num_groups: int = 32
     norm_eps: float = 1e-5
     dropout: float = 0.0
+    sample_size: int = 64  # resolution the network generates at (decoder); upsamplers: the output size
 
     def __post_init__(self):
         # TOML/JSON give lists; keep the dataclass hashable and comparable.

@@ -1,0 +1,60 @@
+"""Copy the trained shapes stages into the package and list them in weights.toml.
+
+Usage: python scripts/bundle_shapes.py runs/shapes
+Copies every exported stage file into src/unclip_cli/bundled/shapes/, the training logs into
+configs/shapes/logs/, and rewrites the `[models.shapes]` block of weights.toml (between the
+BEGIN/END markers) with each file's sha256 and size.
+"""
+
+import hashlib
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEST = ROOT / "src" / "unclip_cli" / "bundled" / "shapes"
+STAGES = {"clip": "clip", "prior": "prior", "text_proj": "decoder", "decoder": "decoder", "sr256": "sr256", "sr1024": "sr1024"}
+BEGIN, END = "# BEGIN shapes (written by scripts/bundle_shapes.py)", "# END shapes"
+DEFAULTS = """[models.shapes.defaults]
+prior_steps = 25
+decoder_steps = 25
+sr_steps = 10
+prior_guidance = 3.0
+decoder_guidance = 3.0
+prior_clip = 5.0
+"""
+
+
+def main(runs: Path) -> None:
+    DEST.mkdir(parents=True, exist_ok=True)
+    logs = ROOT / "configs" / "shapes" / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    lines = [BEGIN, "[models.shapes]",
+             'description = "our own small unCLIP trained on the procedural shapes world (offline, bundled)"',
+             'format = "unclip"', "", DEFAULTS, "[models.shapes.stages]"]
+    for stage, run in STAGES.items():
+        src = runs / run / f"{stage}.safetensors"
+        if not src.exists():
+            print(f"skipping {stage}: {src} not found")
+            continue
+        shutil.copyfile(src, DEST / src.name)
+        sha = hashlib.sha256(src.read_bytes()).hexdigest()
+        lines.append(f'{stage} = {{ package = "bundled/shapes/{src.name}", sha256 = "{sha}", size = {src.stat().st_size} }}')
+        if (runs / run / "log.jsonl").exists():
+            shutil.copyfile(runs / run / "log.jsonl", logs / f"{run}.jsonl")
+    lines.append(END)
+    toml = ROOT / "weights.toml"
+    text = toml.read_text()
+    block = "\n".join(lines)
+    if BEGIN in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + block + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    toml.write_text(text)
+    total = sum(p.stat().st_size for p in DEST.iterdir())
+    print(f"bundled {len(list(DEST.iterdir()))} files, {total / 1e6:.1f} MB")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "runs/shapes"))

@@ -1,0 +1,310 @@
+"""What each trainable stage needs: its module, how a batch is drawn, and its loss.
+
+- clip: contrastive (open_clip's model and ClipLoss) on image-caption pairs.
+- prior: x0-prediction MSE on normalised CLIP image embeddings given the CLIP text encoding;
+  text dropped 10% of the time (DALL-E 2, sec. 2.2) for classifier-free guidance.
+- decoder: eps MSE + learned-variance VB (L_hybrid) on 64x64 images, conditioned through TextProj;
+  CLIP image embedding dropped 10% (-> learned null embedding) and caption 50% (-> empty caption).
+- upsampler: eps MSE on random crops, conditioned on a degraded, bicubic-upsampled low-res crop
+  (Gaussian blur for 64->256, a BSR-style blur/noise/JPEG mix for 256->1024).
+"""
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from unclip_cli import checkpoint, clip, diffusion, losses
+from unclip_cli.errors import UnclipError
+from unclip_cli.prior import Prior, PriorConfig
+from unclip_cli.text_proj import TextProj, TextProjConfig
+from unclip_cli.unet import UNet, UNetConfig
+
+
+def load_images(folder: str | Path, size: int, limit: int | None = None) -> tuple[torch.Tensor, list[str]]:
+    """All images of an image+caption folder as uint8 [N, 3, size, size], and their captions."""
+    from unclip_cli.shapes import load_folder
+
+    try:
+        pairs = load_folder(folder)
+    except ValueError as e:
+        raise UnclipError(str(e)) from None
+    pairs = pairs[:limit] if limit else pairs
+    arr = np.stack([np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.BOX)) for p, _ in pairs])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous(), [c for _, c in pairs]
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    return x.float() / 127.5 - 1.0
+
+
+def _sample_t(n: int, T: int, gen) -> torch.Tensor:
+    return torch.randint(0, T, (n,), generator=gen)
+
+
+class Task:
+    module: nn.Module
+
+    def after_step(self, model: nn.Module) -> None:
+        pass
+
+
+# CLIP ----------------------------------------------------------------------------------------
+
+
+class ClipTask(Task):
+    def __init__(self, raw: dict, d):
+        self.config = dict(raw["model"])
+        self.module = clip.build_model(self.config)
+        size = clip.image_size(self.module)
+        self.images, captions = load_images(raw["data"]["folder"], size, raw["data"].get("limit"))
+        self.ids, _, _ = clip.Tokenizer(self.module.positional_embedding.shape[0])(captions)
+        self.mean = torch.tensor(clip.OPENAI_MEAN)[:, None, None]
+        self.std = torch.tensor(clip.OPENAI_STD)[:, None, None]
+        self.device = d.device
+
+    def batch(self, n: int, gen) -> dict:
+        idx = torch.randint(0, len(self.images), (n,), generator=gen)
+        pix = (self.images[idx].float() / 255.0 - self.mean) / self.std
+        return {"pixels": pix.to(self.device), "ids": self.ids[idx].to(self.device)}
+
+    def loss(self, net, batch: dict, gen) -> dict:
+        from open_clip.loss import ClipLoss
+
+        img, txt, scale = net(batch["pixels"], batch["ids"])[:3]
+        loss = ClipLoss()(img, txt, scale)
+        with torch.no_grad():
+            acc = ((img @ txt.T).argmax(dim=1) == torch.arange(len(img), device=img.device)).float().mean()
+        return {"loss": loss, "i2t_acc": acc}
+
+    def after_step(self, model) -> None:
+        with torch.no_grad():  # as CLIP: keep the temperature below 100
+            model.logit_scale.clamp_(0, 4.6052)
+
+    def exports(self) -> dict:
+        return {"clip": ("clip", self.config, "")}
+
+
+# Conditioning from a trained CLIP ------------------------------------------------------------
+
+
+class ClipData:
+    """Dataset images with their CLIP image embeddings and caption encodings, computed once."""
+
+    def __init__(self, raw: dict, image_size: int, device):
+        data = raw["data"]
+        self.clip_model, self.clip_config = checkpoint.build(data["clip"], "clip", expect_kind="clip")
+        self.images, captions = load_images(data["folder"], image_size, data.get("limit"))
+        size = clip.image_size(self.clip_model)
+        uniq = sorted(set(captions))
+        self.caption_idx = torch.tensor([uniq.index(c) for c in captions]) if len(uniq) < 2000 else None
+        if self.caption_idx is None:
+            lookup = {c: i for i, c in enumerate(uniq)}
+            self.caption_idx = torch.tensor([lookup[c] for c in captions])
+        tok = clip.Tokenizer(self.clip_model.positional_embedding.shape[0])
+        with torch.no_grad():
+            embeds = []
+            for i in range(0, len(self.images), 256):
+                x = F.interpolate(self.images[i:i + 256].float() / 255.0, size=(size, size), mode="area")
+                x = (x - torch.tensor(clip.OPENAI_MEAN)[:, None, None]) / torch.tensor(clip.OPENAI_STD)[:, None, None]
+                embeds.append(clip.encode_image(self.clip_model, x))
+            self.image_embeds = torch.cat(embeds)
+            encs = [clip.encode_text(self.clip_model, *tok(uniq[i:i + 256])[:2]) for i in range(0, len(uniq), 256)]
+            self.text = clip.TextEncoding.cat(encs)
+            self.empty = clip.encode_text(self.clip_model, *tok([""])[:2])
+        self.device = device
+        self.embed_dim = self.image_embeds.shape[1]
+        self.text_width = self.text.tokens.shape[2]
+
+    def text_batch(self, idx: torch.Tensor, drop: torch.Tensor) -> clip.TextEncoding:
+        """Caption encodings of items idx, with the empty caption where drop is True."""
+        enc = self.text
+        c = self.caption_idx[idx]
+        embed, tokens, mask = enc.embed[c].clone(), enc.tokens[c].clone(), enc.mask[c].clone()
+        embed[drop], tokens[drop], mask[drop] = self.empty.embed[0], self.empty.tokens[0], self.empty.mask[0]
+        return clip.TextEncoding(embed.to(self.device), tokens.to(self.device), mask.to(self.device))
+
+
+# Prior ---------------------------------------------------------------------------------------
+
+
+class PriorTask(Task):
+    def __init__(self, raw: dict, d):
+        self.data = ClipData(raw, image_size=clip.image_size_from_config(_clip_cfg(raw)), device=d.device)
+        m = dict(raw["model"])
+        self.config = PriorConfig(**{**m, "embedding_dim": self.data.embed_dim, "text_width": self.data.text_width})
+        self.module = Prior(self.config)
+        with torch.no_grad():
+            self.module.clip_mean.copy_(self.data.image_embeds.mean(0, keepdim=True))
+            self.module.clip_std.copy_(self.data.image_embeds.std(0, keepdim=True) + 1e-6)
+        self.module.clip_mean.requires_grad_(False)
+        self.module.clip_std.requires_grad_(False)
+        self.schedule = diffusion.cosine_schedule(1000)
+        self.text_drop = raw.get("dropout", {}).get("text", 0.1)
+        self.device = d.device
+
+    def batch(self, n: int, gen) -> dict:
+        idx = torch.randint(0, len(self.data.image_embeds), (n,), generator=gen)
+        drop = torch.rand(n, generator=gen) < self.text_drop
+        return {"x0": self.data.image_embeds[idx].to(self.device), "text": self.data.text_batch(idx, drop)}
+
+    def loss(self, net, batch: dict, gen) -> dict:
+        model = net.module if hasattr(net, "module") else net
+        x0 = model.normalize(batch["x0"])
+        t = _sample_t(len(x0), self.schedule.num_timesteps, gen).to(x0.device)
+        noise = torch.randn(x0.shape, generator=gen).to(x0.device)
+        x_t = diffusion.q_sample(self.schedule, x0, t, noise)
+        text = batch["text"]
+        pred = net(x_t, t, text_embed=text.embed, text_tokens=text.tokens, text_mask=text.mask)
+        return {"loss": F.mse_loss(pred, x0)}
+
+    def exports(self) -> dict:
+        return {"prior": ("prior", self.config, "")}
+
+
+# Decoder -------------------------------------------------------------------------------------
+
+
+class DecoderNet(nn.Module):
+    """UNet + TextProj trained together; `image_drop` rows use the learned null image embedding."""
+
+    def __init__(self, unet_cfg: UNetConfig, proj_cfg: TextProjConfig):
+        super().__init__()
+        self.unet, self.text_proj = UNet(unet_cfg), TextProj(proj_cfg)
+
+    def forward(self, x_t, t, image_embed, image_drop, text: clip.TextEncoding):
+        null = self.text_proj.null_image_embed(len(x_t), x_t.dtype)
+        image_embed = torch.where(image_drop[:, None], null, image_embed)
+        emb, ctx, cmask = self.text_proj(image_embed, text.embed, text.tokens, text.mask)
+        return self.unet(x_t, t, emb=emb, context=ctx, context_mask=cmask)
+
+
+class DecoderTask(Task):
+    def __init__(self, raw: dict, d):
+        size = raw["data"].get("image_size", 64)
+        self.data = ClipData(raw, image_size=size, device=d.device)
+        self.unet_cfg = UNetConfig(**raw["model"])
+        self.proj_cfg = TextProjConfig(clip_embeddings_dim=self.data.embed_dim, cross_attention_dim=self.unet_cfg.context_dim,
+                                       time_embed_dim=self.unet_cfg.time_dim, text_width=self.data.text_width)
+        self.module = DecoderNet(self.unet_cfg, self.proj_cfg)
+        drop = raw.get("dropout", {})
+        self.image_drop, self.text_drop = drop.get("image", 0.1), drop.get("text", 0.5)
+        self.schedule = diffusion.cosine_schedule(1000)
+        self.device = d.device
+
+    def batch(self, n: int, gen) -> dict:
+        idx = torch.randint(0, len(self.data.images), (n,), generator=gen)
+        text_drop = torch.rand(n, generator=gen) < self.text_drop
+        image_drop = torch.rand(n, generator=gen) < self.image_drop
+        return {"x0": to_float(self.data.images[idx]).to(self.device),
+                "image_embed": self.data.image_embeds[idx].to(self.device),
+                "image_drop": image_drop.to(self.device), "text": self.data.text_batch(idx, text_drop)}
+
+    def loss(self, net, batch: dict, gen) -> dict:
+        x0 = batch["x0"]
+        t = _sample_t(len(x0), self.schedule.num_timesteps, gen).to(x0.device)
+        noise = torch.randn(x0.shape, generator=gen).to(x0.device)
+        x_t = diffusion.q_sample(self.schedule, x0, t, noise)
+        out = net(x_t, t, batch["image_embed"], batch["image_drop"], batch["text"])
+        if self.unet_cfg.out_channels == 2 * self.unet_cfg.in_channels:
+            return losses.hybrid_loss(self.schedule, out, x0, x_t, t, noise)
+        return {"loss": F.mse_loss(out, noise)}
+
+    def exports(self) -> dict:
+        return {"decoder": ("unet", self.unet_cfg, "unet."), "text_proj": ("text_proj", self.proj_cfg, "text_proj.")}
+
+
+# Upsampler -----------------------------------------------------------------------------------
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Per-sample Gaussian blur of [B, C, H, W] with std sigma [B] (pixels)."""
+    r = 3
+    coords = torch.arange(-r, r + 1, dtype=x.dtype)
+    k = torch.exp(-(coords[None] ** 2) / (2 * sigma[:, None].clamp(min=1e-3) ** 2))
+    k = k / k.sum(dim=1, keepdim=True)  # [B, 2r+1]
+    B, C, H, W = x.shape
+    y = F.pad(x, (r, r, r, r), mode="replicate").reshape(1, B * C, H + 2 * r, W + 2 * r)
+    kh = k.repeat_interleave(C, 0)[:, None, None, :]
+    kv = k.repeat_interleave(C, 0)[:, None, :, None]
+    y = F.conv2d(F.conv2d(y, kh, groups=B * C), kv, groups=B * C)
+    return y.reshape(B, C, H, W)
+
+
+def degrade(low: torch.Tensor, kind: str, gen) -> torch.Tensor:
+    """Corrupt low-res conditioning images in [-1, 1] so the upsampler learns to repair them."""
+    B = low.shape[0]
+    if kind == "none":
+        return low
+    sigma = 0.1 + torch.rand(B, generator=gen) * (0.6 if kind == "blur" else 1.2)
+    low = gaussian_blur(low, sigma)
+    if kind == "bsr":
+        noise_std = torch.rand(B, generator=gen) * 0.04
+        low = low + noise_std[:, None, None, None] * torch.randn(low.shape, generator=gen)
+        out = []
+        for i in range(B):  # JPEG round trip at a random quality
+            im = Image.fromarray(((low[i].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy())
+            buf = io.BytesIO()
+            im.save(buf, format="JPEG", quality=int(torch.randint(40, 96, (1,), generator=gen)))
+            out.append(torch.from_numpy(np.asarray(Image.open(buf)).copy()).permute(2, 0, 1))
+        low = to_float(torch.stack(out))
+    return low.clamp(-1, 1)
+
+
+class UpsamplerTask(Task):
+    def __init__(self, raw: dict, d):
+        up = raw["upsampler"]
+        self.name, self.low, self.high = up["name"], up["low_size"], up["high_size"]
+        self.crop, self.kind = up.get("crop", self.high // 4), up.get("degradation", "blur")
+        self.factor = self.high // self.low
+        self.images, _ = load_images(raw["data"]["folder"], self.high, raw["data"].get("limit"))
+        self.config = UNetConfig(**raw["model"])
+        self.module = UNet(self.config)
+        self.schedule = diffusion.cosine_schedule(1000)
+        self.device = d.device
+
+    def batch(self, n: int, gen) -> dict:
+        idx = torch.randint(0, len(self.images), (n,), generator=gen)
+        c, f = self.crop, self.factor
+        ys = torch.randint(0, (self.high - c) // f + 1, (n,), generator=gen) * f
+        xs = torch.randint(0, (self.high - c) // f + 1, (n,), generator=gen) * f
+        crops = torch.stack([self.images[i, :, y:y + c, x:x + c] for i, y, x in zip(idx, ys, xs)])
+        x0 = to_float(crops)
+        low = degrade(F.interpolate(x0, size=(c // f, c // f), mode="area"), self.kind, gen)
+        up = F.interpolate(low, size=(c, c), mode="bicubic", align_corners=False, antialias=True)
+        return {"x0": x0.to(self.device), "low_res": up.to(self.device)}
+
+    def loss(self, net, batch: dict, gen) -> dict:
+        x0 = batch["x0"]
+        t = _sample_t(len(x0), self.schedule.num_timesteps, gen).to(x0.device)
+        noise = torch.randn(x0.shape, generator=gen).to(x0.device)
+        out = net(diffusion.q_sample(self.schedule, x0, t, noise), t, low_res=batch["low_res"])
+        return {"loss": F.mse_loss(out, noise)}
+
+    def exports(self) -> dict:
+        return {self.name: ("unet", self.config, "")}
+
+
+def _clip_cfg(raw: dict) -> dict:
+    meta, _ = checkpoint.read_header(Path(raw["data"]["clip"]), "clip")
+    import json
+
+    return json.loads(meta["config"])
+
+
+TASKS = {"clip": ClipTask, "prior": PriorTask, "decoder": DecoderTask, "upsampler": UpsamplerTask}
+
+
+def make(stage: str, raw: dict, base: Path, d, seed: int = 0) -> Task:
+    if stage not in TASKS:
+        raise UnclipError(f"unknown stage '{stage}' (train one of: {', '.join(TASKS)})")
+    for section in ("model", "data"):
+        if section not in raw:
+            raise UnclipError(f"the training config has no [{section}] section")
+    with torch.random.fork_rng(devices=[]):  # seeded weight init without touching the caller's RNG
+        torch.manual_seed(seed)
+        return TASKS[stage](raw, d)

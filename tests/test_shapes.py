@@ -1,0 +1,360 @@
+"""Tests for the procedural shapes world (unclip_cli.shapes)."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from unclip_cli import shapes as S
+
+
+def png_bytes(img):
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def scenes(seed, n, **kw):
+    rng = np.random.default_rng(seed)
+    return [S.sample_scene(rng, **kw) for _ in range(n)]
+
+
+# --------------------------------------------------------------------------- determinism
+
+
+def test_same_seed_same_bytes_different_seed_different():
+    a = [png_bytes(S.render(s, 64)) for s in scenes(3, 20)]
+    b = [png_bytes(S.render(s, 64)) for s in scenes(3, 20)]
+    c = [png_bytes(S.render(s, 64)) for s in scenes(4, 20)]
+    assert a == b
+    assert a != c
+    assert [s.caption for s in scenes(3, 20)] == [s.caption for s in scenes(3, 20)]
+
+
+def test_sampling_does_not_touch_global_rng():
+    np.random.seed(0)
+    before = np.random.random()
+    np.random.seed(0)
+    scenes(1, 10)
+    assert np.random.random() == before
+
+
+def test_scene_from_caption_deterministic():
+    cap = "a red square above a blue circle"
+    s1 = S.scene_from_caption(cap, np.random.default_rng(5))
+    s2 = S.scene_from_caption(cap, np.random.default_rng(5))
+    s3 = S.scene_from_caption(cap, np.random.default_rng(6))
+    assert s1 == s2 and s1 != s3
+    assert s1.caption == cap
+
+
+# --------------------------------------------------------------------------- captions
+
+
+def test_sampled_captions_round_trip_and_match_scene():
+    for s in scenes(0, 400):
+        spec = S.canonical(s.caption)
+        assert S.canonical(S.make_caption(spec)) == spec
+        assert spec["relation"] == s.relation
+        assert [(o["color"], o["shape"]) for o in spec["objects"]] == [
+            (o.color, o.shape) for o in s.objects
+        ]
+        if len(s.objects) == 1:  # one object: size always given
+            assert spec["objects"][0]["size"] == s.objects[0].size
+            assert s.caption == f"a {s.objects[0].size} {s.objects[0].color} {s.objects[0].shape}"
+        else:  # two objects: sizes never given, colours differ
+            assert all(o["size"] is None for o in spec["objects"])
+            assert s.objects[0].color != s.objects[1].color
+
+
+def test_canonical_examples():
+    assert S.canonical("a small red circle") == {
+        "objects": [{"color": "red", "shape": "circle", "size": "small"}],
+        "relation": None,
+    }
+    assert S.canonical("a red square above a blue circle") == {
+        "objects": [
+            {"color": "red", "shape": "square", "size": None},
+            {"color": "blue", "shape": "circle", "size": None},
+        ],
+        "relation": "above",
+    }
+    spec = S.canonical("A large Orange triangle to the RIGHT of  a small green square.")
+    assert spec["objects"][0] == {"color": "orange", "shape": "triangle", "size": "large"}
+    assert spec["objects"][1] == {"color": "green", "shape": "square", "size": "small"}
+    assert spec["relation"] == "right of"
+    assert S.make_caption(S.canonical("an orange circle")) == "an orange circle"
+
+
+@pytest.mark.parametrize(
+    "rel,phrases",
+    [
+        ("above", ["above", "on top of"]),
+        ("below", ["below", "beneath", "under"]),
+        ("left of", ["left of", "to the left of"]),
+        ("right of", ["right of", "to the right of"]),
+    ],
+)
+def test_paraphrases_parse_to_same_spec(rel, phrases):
+    specs = [S.canonical(f"a red square {p} a blue circle") for p in phrases]
+    assert all(sp == specs[0] for sp in specs)
+    assert specs[0]["relation"] == rel
+    for p in phrases:  # and make_caption writes each of them back
+        spec = S.canonical(f"a large red square {p} a blue circle")
+        assert S.make_caption(spec, p) == f"a large red square {p} a blue circle"
+
+
+def test_paraphrases_are_sampled():
+    caps = [s.caption for s in scenes(1, 400, two_objects_prob=1.0)]
+    for phrase in ("on top of", "beneath", "under", " left of", " right of"):
+        assert any(phrase in c and "to the" + phrase not in c for c in caps), phrase
+    assert not any(" on top of " in s.caption for s in scenes(1, 200, paraphrase_prob=0.0))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "a pink circle",
+        "a red hexagon",
+        "red circle",
+        "a circle",
+        "a red circle above",
+        "a huge red circle",
+        "two red circles",
+        "a red circle next to a blue square",
+        "a red circle above a blue square above a green triangle",
+    ],
+)
+def test_canonical_rejects_outside_grammar(bad):
+    with pytest.raises(ValueError, match="outside the shapes grammar"):
+        S.canonical(bad)
+
+
+def test_canonical_error_names_unknown_word():
+    with pytest.raises(ValueError, match="pink"):
+        S.canonical("a pink circle")
+
+
+def test_make_caption_rejects_wrong_phrase():
+    with pytest.raises(ValueError):
+        S.make_caption(S.canonical("a red circle above a blue square"), "under")
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def boxes(scene):
+    return [
+        (x - e / 2, y - e / 2, x + e / 2, y + e / 2)
+        for (x, y), e in zip(scene.positions, scene.extents)
+    ]
+
+
+def check_geometry(scene):
+    for (x0, y0, x1, y1), o, e in zip(boxes(scene), scene.objects, scene.extents):
+        assert S.MARGIN - 1e-9 <= min(x0, y0) and max(x1, y1) <= 1 - S.MARGIN + 1e-9
+        lo, hi = S.SIZE_EXTENT[o.size] * 0.9, S.SIZE_EXTENT[o.size] * 1.1
+        assert lo - 1e-9 <= e <= hi + 1e-9
+    if scene.relation is None:
+        assert len(scene.objects) == 1
+        return
+    (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = boxes(scene)
+    (ax, ay), (bx, by) = scene.positions
+    gap = {
+        "above": by0 - ay1,
+        "below": ay0 - by1,
+        "left of": bx0 - ax1,
+        "right of": ax0 - bx1,
+    }[scene.relation]
+    assert gap >= S.GAP - 1e-9  # the boxes are separated along the relation's axis
+    primary, secondary = (abs(by - ay), abs(bx - ax))
+    if scene.relation in ("left of", "right of"):
+        primary, secondary = secondary, primary
+    assert secondary <= primary / 2 + 1e-9  # the relation is clearly the dominant one
+
+
+def test_relations_are_geometrically_true():
+    for s in scenes(2, 500, two_objects_prob=0.7):
+        check_geometry(s)
+
+
+def test_scene_from_caption_satisfies_caption():
+    rng = np.random.default_rng(0)
+    for rel, phrases in S.RELATION_PHRASES.items():
+        for p in phrases:
+            for sizes in (("large", "large"), ("small", "large"), (None, None)):
+                a = f"a {sizes[0] or ''} red circle".replace("  ", " ")
+                b = f"a {sizes[1] or ''} blue triangle".replace("  ", " ")
+                for _ in range(10):
+                    s = S.scene_from_caption(f"{a} {p} {b}", rng)
+                    assert s.relation == rel
+                    if sizes[0]:
+                        assert [o.size for o in s.objects] == list(sizes)
+                    check_geometry(s)
+    s = S.scene_from_caption("a large green circle", rng)
+    assert s.objects == (S.Obj("green", "circle", "large"),)
+
+
+# --------------------------------------------------------------------------- held out
+
+
+def test_heldout_never_sampled():
+    pairs = set(S.HELDOUT_COMBOS)
+    triples = set(S.HELDOUT_RELATIONS) | {
+        (b, S.INVERSE[r], a) for a, r, b in S.HELDOUT_RELATIONS
+    }
+    for s in scenes(9, 3000, exclude=S.HELDOUT):
+        assert not {(o.color, o.shape) for o in s.objects} & pairs
+        if s.relation:
+            assert (s.objects[0].color, s.relation, s.objects[1].color) not in triples
+        assert not S.uses_heldout(s.caption)
+    for s in scenes(9, 1000, exclude=S.HELDOUT_COMBOS):
+        assert not {(o.color, o.shape) for o in s.objects} & pairs
+    # without exclusion they do occur (so the exclusion is what removes them)
+    seen = {(o.color, o.shape) for s in scenes(9, 1000) for o in s.objects}
+    assert pairs <= seen
+
+
+def test_exclude_validated():
+    with pytest.raises(ValueError):
+        S.sample_scene(np.random.default_rng(0), exclude=[("pink", "circle")])
+
+
+def test_heldout_prompts():
+    prompts = S.heldout_prompts()
+    assert 20 <= len(prompts) <= 30
+    assert len({p for p, _ in prompts}) == len(prompts)
+    for prompt, unseen in prompts:
+        spec = S.canonical(prompt)
+        assert S.uses_heldout(spec) == unseen, prompt
+    unseen = [S.canonical(p) for p, u in prompts if u]
+    seen = [p for p, u in prompts if not u]
+    assert len(seen) >= 4
+    assert any(len(s["objects"]) == 1 for s in unseen)
+    assert any(len(s["objects"]) == 2 for s in unseen)
+    assert any(  # some are unseen only through their colour/relation combination
+        not any((o["color"], o["shape"]) in S.HELDOUT_COMBOS for o in s["objects"])
+        for s in unseen
+    )
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+@pytest.mark.parametrize("size", [64, 256, 1024])
+def test_render_sizes(size):
+    s = scenes(5, 1, two_objects_prob=1.0)[0]
+    img = S.render(s, size)
+    assert img.mode == "RGB" and img.size == (size, size)
+    arr = np.asarray(img)
+    assert tuple(arr[0, 0]) == S.BACKGROUND
+    # both objects' colours are present (as fully covered pixels)
+    for o in s.objects:
+        assert (arr == S.COLORS[o.color]).all(-1).sum() > 0.005 * size * size
+
+
+def test_render_same_scene_at_any_resolution():
+    for s in scenes(6, 10):
+        small = np.asarray(S.render(s, 64), dtype=float)
+        big = np.asarray(S.render(s, 256).reduce(4), dtype=float)
+        assert np.abs(small - big).mean() < 1.0
+
+
+def test_render_antialiased():
+    s = S.scene_from_caption("a large red circle", np.random.default_rng(0))
+    arr = np.asarray(S.render(s, 64)).reshape(-1, 3)
+    pure = (arr == S.BACKGROUND).all(-1) | (arr == S.COLORS["red"]).all(-1)
+    assert (~pure).sum() > 10  # border pixels are blends
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+def test_write_dataset_layout(tmp_path):
+    out = S.write_dataset(tmp_path / "ds", count=12, seed=1, size=64)
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted([f"{i:08d}.{ext}" for i in range(12) for ext in ("png", "txt")])
+    assert not list(tmp_path.glob("*.tmp-*"))
+    for i in range(12):
+        text = (out / f"{i:08d}.txt").read_text()
+        assert text.endswith("\n") and text.count("\n") == 1
+        S.canonical(text)
+        with Image.open(out / f"{i:08d}.png") as im:
+            assert im.size == (64, 64) and im.mode == "RGB"
+    # same seed: identical bytes; the captions are those of sample_scene with the held-out excluded
+    again = S.write_dataset(tmp_path / "ds2", count=12, seed=1, size=64)
+    for p in out.iterdir():
+        assert p.read_bytes() == (again / p.name).read_bytes()
+    rng = np.random.default_rng(1)
+    expected = [S.sample_scene(rng, exclude=S.HELDOUT).caption for _ in range(12)]
+    assert [(out / f"{i:08d}.txt").read_text().strip() for i in range(12)] == expected
+    other = S.write_dataset(tmp_path / "ds3", count=12, seed=2, size=64)
+    assert (other / "00000000.png").read_bytes() != (out / "00000000.png").read_bytes() or (
+        (other / "00000001.png").read_bytes() != (out / "00000001.png").read_bytes()
+    )
+
+
+def test_write_dataset_refuses_non_empty(tmp_path):
+    out = tmp_path / "ds"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    with pytest.raises(FileExistsError, match="not empty"):
+        S.write_dataset(out, count=2, seed=0, size=64)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    # an existing empty directory is fine
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    S.write_dataset(empty, count=2, seed=0, size=64)
+    assert len(list(empty.iterdir())) == 4
+
+
+def test_write_dataset_leaves_nothing_on_failure(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = S.render
+
+    def flaky(scene, size=256):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("disk on fire")
+        return real(scene, size)
+
+    monkeypatch.setattr(S, "render", flaky)
+    with pytest.raises(RuntimeError):
+        S.write_dataset(tmp_path / "ds", count=5, seed=0, size=64)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_load_folder(tmp_path):
+    out = S.write_dataset(tmp_path / "ds", count=5, seed=0, size=64)
+    pairs = S.load_folder(out)
+    assert [p.name for p, _ in pairs] == [f"{i:08d}.png" for i in range(5)]
+    assert all(c == (out / p.with_suffix(".txt").name).read_text().strip() for p, c in pairs)
+    # other formats, unsorted creation, non-image files ignored
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    img = Image.new("RGB", (8, 8), S.BACKGROUND)
+    for name, fmt in (("b.jpg", "JPEG"), ("a.webp", "WEBP"), ("c.JPEG", "JPEG"), ("d.png", "PNG")):
+        img.save(mixed / name, format=fmt)
+        (mixed / name).with_suffix(".txt").write_text(f"a small red circle {name}\n")
+    (mixed / "notes.json").write_text("{}")
+    pairs = S.load_folder(mixed)
+    assert [p.name for p, _ in pairs] == ["a.webp", "b.jpg", "c.JPEG", "d.png"]
+    assert pairs[0][1] == "a small red circle a.webp"
+
+
+def test_load_folder_errors(tmp_path):
+    with pytest.raises(ValueError, match="not a directory"):
+        S.load_folder(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no images"):
+        S.load_folder(tmp_path / "empty")
+    d = tmp_path / "nocap"
+    d.mkdir()
+    Image.new("RGB", (8, 8)).save(d / "x.png")
+    with pytest.raises(ValueError, match="caption file .*x.txt is missing"):
+        S.load_folder(d)
+    (d / "x.txt").write_text("  \n")
+    with pytest.raises(ValueError, match="empty"):
+        S.load_folder(d)
