@@ -63,6 +63,22 @@ def x0_from_eps(schedule: Schedule, x_t: torch.Tensor, t: int, eps: torch.Tensor
     return (x_t - (1 - abar) ** 0.5 * eps) / abar**0.5
 
 
+def x0_from_v(schedule: Schedule, x_t: torch.Tensor, t, v: torch.Tensor) -> torch.Tensor:
+    """x0 from a v-prediction, v = sqrt(abar) eps - sqrt(1 - abar) x0 (Salimans & Ho 2022).
+
+    Unlike x0 from eps, this stays well conditioned at t = T-1 where abar ~ 2e-9: an eps model must
+    be accurate to ~1e-4 there or its x0 saturates, which a small network is not.
+    """
+    abar = schedule.alphas_cumprod.to(x_t.device)[torch.as_tensor(t, device=x_t.device)]
+    abar = abar.reshape(-1, *([1] * (x_t.dim() - 1))).to(x_t.dtype) if abar.dim() else abar
+    return abar**0.5 * x_t - (1 - abar) ** 0.5 * v
+
+
+def v_target(schedule: Schedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    abar = schedule.alphas_cumprod.to(x0.device)[t].reshape(-1, *([1] * (x0.dim() - 1))).to(x0.dtype)
+    return abar**0.5 * noise - (1 - abar) ** 0.5 * x0
+
+
 def eps_from_x0(schedule: Schedule, x_t: torch.Tensor, t: int, x0: torch.Tensor) -> torch.Tensor:
     abar = alpha_bar_at(schedule, t)
     return (x_t - abar**0.5 * x0) / (1 - abar) ** 0.5

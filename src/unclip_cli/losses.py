@@ -35,14 +35,15 @@ def discretized_gaussian_nll(x, mean, log_scale):
 
 
 def hybrid_loss(schedule: D.Schedule, out: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
-                noise: torch.Tensor, vb_weight: float = 0.001) -> dict[str, torch.Tensor]:
-    """L_simple + vb_weight * L_vb for a network predicting [eps, v] (learned-range variance).
+                noise: torch.Tensor, vb_weight: float = 0.001, prediction: str = "epsilon") -> dict[str, torch.Tensor]:
+    """L_simple + vb_weight * L_vb for a network predicting [eps or v-prediction, variance] (learned range).
 
-    The VB term trains only the variance: the mean uses a detached eps (Nichol & Dhariwal 2021).
+    The VB term trains only the variance: the mean uses a detached prediction (Nichol & Dhariwal 2021).
     """
     C = x0.shape[1]
-    eps, v = out[:, :C], out[:, C:]
-    mse = ((eps - noise) ** 2).mean(dim=(1, 2, 3))
+    pred, v = out[:, :C], out[:, C:]
+    target = noise if prediction == "epsilon" else D.v_target(schedule, x0, t, noise)
+    mse = ((pred - target) ** 2).mean(dim=(1, 2, 3))
     betas, abar_all = schedule.betas, schedule.alphas_cumprod
     abar_prev_all = torch.cat([torch.ones(1), abar_all[:-1]])
     post_var_all = betas * (1 - abar_prev_all) / (1 - abar_all)
@@ -52,7 +53,10 @@ def hybrid_loss(schedule: D.Schedule, out: torch.Tensor, x0: torch.Tensor, x_t: 
     post_logvar = _gather(post_logvar_all, t, n)
     c0, ct = abar_prev**0.5 * beta / (1 - abar), (1 - beta) ** 0.5 * (1 - abar_prev) / (1 - abar)
     true_mean = c0 * x0 + ct * x_t
-    pred_x0 = ((x_t - (1 - abar) ** 0.5 * eps.detach()) / abar**0.5).clamp(-1, 1)
+    if prediction == "epsilon":
+        pred_x0 = ((x_t - (1 - abar) ** 0.5 * pred.detach()) / abar**0.5).clamp(-1, 1)
+    else:
+        pred_x0 = (abar**0.5 * x_t - (1 - abar) ** 0.5 * pred.detach()).clamp(-1, 1)
     pred_mean = c0 * pred_x0 + ct * x_t
     frac = (v + 1) / 2
     model_logvar = frac * torch.log(beta) + (1 - frac) * post_logvar

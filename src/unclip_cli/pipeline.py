@@ -65,6 +65,9 @@ class Stages:
             meta, shapes = checkpoint.read_header(path, stage)
             if meta.get("format") != checkpoint.FORMAT:
                 raise UnclipError(f"stage '{stage}': {path} is not an unclip checkpoint")
+            if meta.get("kind") != KINDS.get(stage, "unet"):
+                raise UnclipError(f"stage '{stage}': {path} holds a '{meta.get('kind')}' model, "
+                                  f"expected '{KINDS.get(stage, 'unet')}'")
             import json
 
             with torch.device("meta"):
@@ -118,7 +121,9 @@ def open_model(name: str | None, device, dtype, size: int | None, *, keep_loaded
     """
     spec = weights.resolve(name)
     ups = [(s, r) for s, r in (("sr256", 256), ("sr1024", 1024)) if s in spec.stages]
-    needed = list(weights.REQUIRED) + [s for s, _ in ups] + [f"{s}_last" for s, _ in ups if f"{s}_last" in spec.stages]
+    # a diffusers-layout image-variations model has no prior but a separate image encoder (clip_vision)
+    needed = [s for s in (*weights.REQUIRED, "clip_vision") if s in spec.stages]
+    needed += [s for s, _ in ups] + [f"{s}_last" for s, _ in ups if f"{s}_last" in spec.stages]
     if size is not None and size not in (32, 64, 256, 1024):
         raise UnclipError(f"--size must be 64, 256 or 1024, got {size}")
     if size is not None and ups and size > ups[-1][1]:
@@ -210,7 +215,7 @@ def decoder_stage(
         net2 = lambda x, t: unet(x, torch.tensor(t, device=x.device), emb=emb, context=ctx, context_mask=cmask)  # noqa: E731
         net = samplers.guided(net2, opts.decoder_guidance, guided_channels=unet.cfg.in_channels)
     learned = unet.cfg.out_channels == 2 * unet.cfg.in_channels
-    denoise = samplers.Denoiser(net, schedule, prediction="epsilon", learned_variance=learned, clip=1.0)
+    denoise = samplers.Denoiser(net, schedule, prediction=unet.cfg.prediction, learned_variance=learned, clip=1.0)
     C, S = unet.cfg.in_channels, unet.cfg.sample_size
     x = samplers.randn((B, C, S, S), gens, stages.device, stages.dtype)
     post = _keep_known(schedule, known, gens) if known is not None else None
@@ -235,7 +240,7 @@ def upsample_stage(
         return model(x, torch.tensor(t, device=x.device), low_res=up)
 
     learned = first.cfg.out_channels == 2 * (first.cfg.in_channels - up.shape[1])
-    denoise = samplers.Denoiser(net, schedule, prediction="epsilon", learned_variance=learned, clip=1.0)
+    denoise = samplers.Denoiser(net, schedule, prediction=first.cfg.prediction, learned_variance=learned, clip=1.0)
     x = samplers.randn((low.shape[0], up.shape[1], size, size), gens, stages.device, stages.dtype)
     post = _keep_known(schedule, known, gens) if known is not None else None
     out = _sample(opts, denoise, x, schedule, opts.sr_steps, gens, name, report, post).clamp(-1, 1)

@@ -107,7 +107,7 @@ SAMPLERS = {"ddpm": ddpm, "ddim": ddim}
 class Denoiser:
     """Adapts a network `net(x, t) -> output` to the `denoise(x, t) -> Prediction` contract.
 
-    prediction: "epsilon" or "sample" (x0); learned_variance: the output has 2C channels whose
+    prediction: "epsilon", "sample" (x0) or "v"; learned_variance: the output has 2C channels whose
     second half is the learned-range variance; clip: clamp x0 to [-clip, clip] (None: no clamp).
     """
 
@@ -120,7 +120,12 @@ class Denoiser:
         v = None
         if self.learned_variance:
             out, v = out.split(x.shape[1], dim=1)
-        x0 = D.x0_from_eps(self.schedule, x, t, out) if self.prediction == "epsilon" else out
+        if self.prediction == "epsilon":
+            x0 = D.x0_from_eps(self.schedule, x, t, out)
+        elif self.prediction == "v":
+            x0 = D.x0_from_v(self.schedule, x, t, out)
+        else:
+            x0 = out
         if self.clip is not None:
             x0 = x0.clamp(-self.clip, self.clip)
         return Prediction(x0=x0, v=v)

@@ -3,7 +3,7 @@
 - clip: contrastive (open_clip's model and ClipLoss) on image-caption pairs.
 - prior: x0-prediction MSE on normalised CLIP image embeddings given the CLIP text encoding;
   text dropped 10% of the time (DALL-E 2, sec. 2.2) for classifier-free guidance.
-- decoder: eps MSE + learned-variance VB (L_hybrid) on 64x64 images, conditioned through TextProj;
+- decoder: eps (or v) MSE + learned-variance VB (L_hybrid) on 64x64 images, conditioned through TextProj;
   CLIP image embedding dropped 10% (-> learned null embedding) and caption 50% (-> empty caption).
 - upsampler: eps MSE on random crops, conditioned on a degraded, bicubic-upsampled low-res crop
   (Gaussian blur for 64->256, a BSR-style blur/noise/JPEG mix for 256->1024).
@@ -98,20 +98,18 @@ class ClipData:
     def __init__(self, raw: dict, image_size: int, device):
         data = raw["data"]
         self.clip_model, self.clip_config = checkpoint.build(data["clip"], "clip", expect_kind="clip")
-        self.images, captions = load_images(data["folder"], image_size, data.get("limit"))
         size = clip.image_size(self.clip_model)
+        # CLIP sees each image at its own resolution (as at sampling time); the stage trains at image_size.
+        clip_images, captions = load_images(data["folder"], size, data.get("limit"))
+        self.images = clip_images if image_size == size else load_images(data["folder"], image_size, data.get("limit"))[0]
         uniq = sorted(set(captions))
-        self.caption_idx = torch.tensor([uniq.index(c) for c in captions]) if len(uniq) < 2000 else None
-        if self.caption_idx is None:
-            lookup = {c: i for i, c in enumerate(uniq)}
-            self.caption_idx = torch.tensor([lookup[c] for c in captions])
+        lookup = {c: i for i, c in enumerate(uniq)}
+        self.caption_idx = torch.tensor([lookup[c] for c in captions])
         tok = clip.Tokenizer(self.clip_model.positional_embedding.shape[0])
+        mean, std = torch.tensor(clip.OPENAI_MEAN)[:, None, None], torch.tensor(clip.OPENAI_STD)[:, None, None]
         with torch.no_grad():
-            embeds = []
-            for i in range(0, len(self.images), 256):
-                x = F.interpolate(self.images[i:i + 256].float() / 255.0, size=(size, size), mode="area")
-                x = (x - torch.tensor(clip.OPENAI_MEAN)[:, None, None]) / torch.tensor(clip.OPENAI_STD)[:, None, None]
-                embeds.append(clip.encode_image(self.clip_model, x))
+            embeds = [clip.encode_image(self.clip_model, (clip_images[i:i + 256].float() / 255.0 - mean) / std)
+                      for i in range(0, len(clip_images), 256)]
             self.image_embeds = torch.cat(embeds)
             encs = [clip.encode_text(self.clip_model, *tok(uniq[i:i + 256])[:2]) for i in range(0, len(uniq), 256)]
             self.text = clip.TextEncoding.cat(encs)
@@ -211,8 +209,9 @@ class DecoderTask(Task):
         x_t = diffusion.q_sample(self.schedule, x0, t, noise)
         out = net(x_t, t, batch["image_embed"], batch["image_drop"], batch["text"])
         if self.unet_cfg.out_channels == 2 * self.unet_cfg.in_channels:
-            return losses.hybrid_loss(self.schedule, out, x0, x_t, t, noise)
-        return {"loss": F.mse_loss(out, noise)}
+            return losses.hybrid_loss(self.schedule, out, x0, x_t, t, noise, prediction=self.unet_cfg.prediction)
+        target = noise if self.unet_cfg.prediction == "epsilon" else diffusion.v_target(self.schedule, x0, t, noise)
+        return {"loss": F.mse_loss(out, target)}
 
     def exports(self) -> dict:
         return {"decoder": ("unet", self.unet_cfg, "unet."), "text_proj": ("text_proj", self.proj_cfg, "text_proj.")}
@@ -283,7 +282,8 @@ class UpsamplerTask(Task):
         t = _sample_t(len(x0), self.schedule.num_timesteps, gen).to(x0.device)
         noise = torch.randn(x0.shape, generator=gen).to(x0.device)
         out = net(diffusion.q_sample(self.schedule, x0, t, noise), t, low_res=batch["low_res"])
-        return {"loss": F.mse_loss(out, noise)}
+        target = noise if self.config.prediction == "epsilon" else diffusion.v_target(self.schedule, x0, t, noise)
+        return {"loss": F.mse_loss(out, target)}
 
     def exports(self) -> dict:
         return {self.name: ("unet", self.config, "")}

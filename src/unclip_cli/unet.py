@@ -31,6 +31,7 @@ class UNetConfig:
     norm_eps: float = 1e-5
     dropout: float = 0.0
     sample_size: int = 64  # resolution the network generates at (decoder); upsamplers: the output size
+    prediction: str = "epsilon"  # what the network predicts: "epsilon" (Karlo), "v" or "sample"
 
     def __post_init__(self):
         # TOML/JSON give lists; keep the dataclass hashable and comparable.
@@ -100,7 +101,10 @@ class AttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
         """x: [B, C, H, W]; context: [B, N, context_dim]; bias: [B, N] additive (0 or -10000)."""
         B, C, H, W = x.shape
-        h = self.group_norm(x).reshape(B, C, H * W).transpose(1, 2)  # [B, HW, C]
+        # Norm the [B, C, HW] view and add the residual last, as diffusers does: the same memory layouts
+        # pick the same CPU kernels (channels-last after the first attention), so Karlo's decoder
+        # matches diffusers bit for bit; otherwise 1e-6 round-off, amplified ~2e4x at t=999, costs pixels.
+        h = self.group_norm(x.reshape(B, C, H * W)).transpose(1, 2)  # [B, HW, C]
         q, k, v = self.to_q(h), self.to_k(h), self.to_v(h)
         attn_bias = None
         if context is not None:
@@ -111,7 +115,7 @@ class AttentionBlock(nn.Module):
         split = lambda t: t.reshape(B, t.shape[1], self.heads, -1).transpose(1, 2)  # noqa: E731
         out = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=attn_bias)
         out = self.to_out[0](out.transpose(1, 2).reshape(B, H * W, C))
-        return x + out.transpose(1, 2).reshape(B, C, H, W)
+        return out.transpose(1, 2).reshape(B, C, H, W) + x
 
 
 class DownBlock(nn.Module):

@@ -1,0 +1,190 @@
+"""Stage networks on the tiny configs: forward shapes, masks, and config validation."""
+
+import pytest
+import torch
+
+import tiny
+from unclip_cli.prior import Prior
+from unclip_cli.text_proj import TextProj
+from unclip_cli.unet import UNet, UNetConfig
+
+B = 2
+L = 77  # CLIP context length of the tiny configs
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Speed only: tiny tensors; two OpenMP threads on a busy small machine wait on each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def prior():
+    return tiny.randomize(Prior(tiny.PRIOR), seed=1).eval()
+
+
+@pytest.fixture(scope="module")
+def decoder():
+    return tiny.randomize(UNet(tiny.DECODER), seed=2).eval()
+
+
+@pytest.fixture(scope="module")
+def text_proj():
+    return tiny.randomize(TextProj(tiny.TEXT_PROJ), seed=3).eval()
+
+
+def text_inputs(seed=0, real_tokens=(5, 9)):
+    g = torch.Generator().manual_seed(seed)
+    D, W = tiny.PRIOR.embedding_dim, tiny.PRIOR.text_width
+    mask = torch.zeros(B, L, dtype=torch.bool)
+    for i, n in enumerate(real_tokens):
+        mask[i, :n] = True
+    return dict(text_embed=torch.randn(B, D, generator=g), text_tokens=torch.randn(B, L, W, generator=g),
+                text_mask=mask)
+
+
+def prior_states(prior, x, t, **text):
+    """The final-LayerNorm states of every sequence position, [B, 77 + 4, width], and the output."""
+    seen = {}
+    handle = prior.norm_out.register_forward_hook(lambda m, i, o: seen.setdefault("states", o))
+    try:
+        with torch.no_grad():
+            out = prior(x, t, **text)
+    finally:
+        handle.remove()
+    return seen["states"], out
+
+
+# --------------------------------------------------------------------------- prior
+
+
+def test_prior_forward_shape(prior):
+    D = tiny.PRIOR.embedding_dim
+    x = torch.randn(B, D)
+    with torch.no_grad():
+        out = prior(x, torch.tensor([3, 700]), **text_inputs())
+        out_scalar_t = prior(x, torch.tensor(3), **text_inputs())
+    assert out.shape == (B, D) and out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out_scalar_t[0], out[0])  # a scalar t is broadcast over the batch
+    assert not torch.allclose(out_scalar_t[1], out[1])  # and t matters
+
+
+def test_prior_is_causal(prior):
+    """Sequence: 77 text tokens, text embedding (77), time (78), noised embedding (79), query (80)."""
+    x = torch.randn(B, tiny.PRIOR.embedding_dim)
+    t = torch.tensor([10, 10])
+    text = text_inputs(real_tokens=(77, 77))
+    base, out = prior_states(prior, x, t, **text)
+    assert base.shape == (B, L + 4, tiny.PRIOR.width)
+
+    moved, out2 = prior_states(prior, x + 1.0, t, **text)  # change position 79 only
+    torch.testing.assert_close(moved[:, :79], base[:, :79], rtol=0, atol=1e-6)
+    assert not torch.allclose(moved[:, 79:], base[:, 79:])
+    assert not torch.allclose(out2, out)
+
+    text2 = dict(text, text_embed=text["text_embed"] + 1.0)  # change position 77 only
+    moved, _ = prior_states(prior, x, t, **text2)
+    torch.testing.assert_close(moved[:, :77], base[:, :77], rtol=0, atol=1e-6)
+    assert not torch.allclose(moved[:, 77:], base[:, 77:])
+
+    tokens = text["text_tokens"].clone()
+    tokens[:, 40:] += 1.0  # change text tokens 40.. only
+    moved, _ = prior_states(prior, x, t, **dict(text, text_tokens=tokens))
+    torch.testing.assert_close(moved[:, :40], base[:, :40], rtol=0, atol=1e-6)
+    assert not torch.allclose(moved[:, 40:], base[:, 40:])
+
+
+def test_prior_ignores_padding_tokens(prior):
+    x = torch.randn(B, tiny.PRIOR.embedding_dim)
+    t = torch.tensor([500, 500])
+    text = text_inputs(real_tokens=(5, 9))
+    with torch.no_grad():
+        out = prior(x, t, **text)
+        tokens = text["text_tokens"].clone()
+        tokens[0, 5:] = torch.randn(L - 5, tokens.shape[-1]) * 10  # only positions text_mask marks as padding
+        tokens[1, 9:] = 0.0
+        same = prior(x, t, **dict(text, text_tokens=tokens))
+        tokens[0, 4] += 1.0  # a real token
+        other = prior(x, t, **dict(text, text_tokens=tokens))
+    torch.testing.assert_close(same, out, rtol=0, atol=1e-6)
+    assert not torch.allclose(other[0], out[0])
+    torch.testing.assert_close(other[1], out[1], rtol=0, atol=1e-6)  # batch elements are independent
+
+
+def test_prior_normalize_round_trip(prior):
+    emb = torch.randn(B, tiny.PRIOR.embedding_dim)
+    with torch.no_grad():
+        torch.testing.assert_close(prior.denormalize(prior.normalize(emb)), emb)
+
+
+# --------------------------------------------------------------------------- text_proj and decoder UNet
+
+
+def test_text_proj_shapes(text_proj):
+    cfg = tiny.TEXT_PROJ
+    text = text_inputs(real_tokens=(3, 77))
+    image_embed = torch.randn(B, cfg.clip_embeddings_dim)
+    with torch.no_grad():
+        emb, context, mask = text_proj(image_embed, **text)
+    n = cfg.clip_extra_context_tokens
+    assert emb.shape == (B, cfg.time_embed_dim)
+    assert context.shape == (B, n + L, cfg.cross_attention_dim)
+    assert mask.shape == (B, n + L) and mask.dtype == torch.bool
+    assert mask[:, :n].all()  # the image-embedding tokens are always attended to
+    assert torch.equal(mask[:, n:], text["text_mask"])
+    null = text_proj.null_image_embed(B, torch.float32)
+    assert null.shape == (B, cfg.clip_embeddings_dim)
+
+
+def test_decoder_forward_shape_with_context_and_learned_variance(decoder, text_proj):
+    cfg = tiny.DECODER
+    assert cfg.out_channels == 2 * cfg.in_channels  # eps + learned variance channels
+    text = text_inputs(real_tokens=(6, 20))
+    with torch.no_grad():
+        emb, context, cmask = text_proj(torch.randn(B, tiny.TEXT_PROJ.clip_embeddings_dim), **text)
+        x = torch.randn(B, cfg.in_channels, 32, 32)
+        out = decoder(x, torch.tensor([1, 999]), emb=emb, context=context, context_mask=cmask)
+        assert out.shape == (B, cfg.out_channels, 32, 32)
+        assert torch.isfinite(out).all()
+
+        # padding context tokens are ignored; real ones are not
+        ctx2 = context.clone()
+        ctx2[0, 4 + 6:] = 5.0
+        same = decoder(x, torch.tensor([1, 999]), emb=emb, context=ctx2, context_mask=cmask)
+        ctx2[0, 4] += 1.0
+        other = decoder(x, torch.tensor([1, 999]), emb=emb, context=ctx2, context_mask=cmask)
+    torch.testing.assert_close(same, out, rtol=0, atol=1e-5)
+    assert not torch.allclose(other[0], out[0])
+
+
+def test_upsampler_forward_shape_with_low_res():
+    cfg = tiny.SR
+    sr = tiny.randomize(UNet(cfg), seed=4).eval()
+    x = torch.randn(B, 3, 64, 64)
+    low = torch.randn(B, cfg.in_channels - 3, 64, 64)
+    with torch.no_grad():
+        out = sr(x, torch.tensor(5), low_res=low)
+        out2 = sr(x, torch.tensor(5), low_res=low + 1)
+    assert out.shape == (B, cfg.out_channels, 64, 64)
+    assert not torch.allclose(out, out2)  # the low-res image is used
+
+
+# --------------------------------------------------------------------------- config validation
+
+
+def test_unet_config_attention_length_must_match_levels():
+    with pytest.raises(ValueError, match="attention"):
+        UNetConfig(block_out_channels=(8, 16, 32), attention=(False, True))
+    with pytest.raises(ValueError, match="attention"):
+        UNetConfig(block_out_channels=(8,), attention=(False, True))
+
+
+def test_unet_config_from_json_lists_is_hashable_and_equal():
+    cfg = UNetConfig(block_out_channels=[8, 16], attention=[False, True], norm_num_groups=4, context_dim=None)
+    assert cfg.block_out_channels == (8, 16) and cfg.attention == (False, True)
+    assert cfg == UNetConfig(block_out_channels=(8, 16), attention=(False, True), norm_num_groups=4, context_dim=None)
+    hash(cfg)
