@@ -117,7 +117,27 @@ def models_list(as_json: bool) -> None:
                 state = "no"
             pinned = "pinned" if f["sha256"] else ("-" if f["repo"] is None else "not pinned")
             table.add_row(name, label, _gb(f["size"]), state, pinned, f["source"])
-    Console().print(table)
+    Console(width=170).print(table)
+
+
+def eval_markdown(results: dict) -> str:
+    """The eval results as a Markdown table (what the README shows)."""
+    from unclip_cli.evaluate import MODES
+
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+    rows = ["| conditioning | prompts | color | shape | size | relation | full caption, 1 object | "
+            "full caption, 2 objects | CLIP score | diversity |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for mode, r in results["modes"].items():
+        for split in ("all_prompts", "unseen_prompts"):
+            s = r[split]
+            if s is None:
+                continue
+            o = s["overall"]
+            rows.append(f"| {MODES[mode]} | {split.split('_')[0]} | {pct(o['color'])} | {pct(o['shape'])} | "
+                        f"{pct(o['size'])} | {pct(o['relation'])} | {pct((s['one_object'] or {}).get('all'))} | "
+                        f"{pct((s['two_objects'] or {}).get('all'))} | "
+                        + (f"{r['clip_score']:.3f} | {r['diversity']:.3f} |" if split == "all_prompts" else " | |"))
+    return "\n".join(rows) + "\n"
 
 
 def models_pull(name: str) -> None:
@@ -172,6 +192,7 @@ def evaluate(model, per_prompt: int, ablation: bool, seed: int, size: int, overr
     print_eval(results)
     if out:
         Path(out).write_text(json.dumps(results, indent=2))
+        Path(out).with_suffix(".md").write_text(eval_markdown(results))
     return results
 
 
@@ -195,4 +216,24 @@ def print_eval(results: dict) -> None:
                           pct((s["two_objects"] or {}).get("all")),
                           f"{r['clip_score']:.3f}" if split == "all_prompts" else "",
                           f"{r['diversity']:.3f}" if split == "all_prompts" else "")
-    Console().print(table)
+    Console(width=170).print(table)
+
+
+def eval_markdown(results: dict) -> str:
+    """The eval results as a Markdown table (what the README shows)."""
+    from unclip_cli.evaluate import MODES
+
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+    rows = ["| conditioning | prompts | color | shape | size | relation | full caption, 1 object | "
+            "full caption, 2 objects | CLIP score | diversity |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for mode, r in results["modes"].items():
+        for split in ("all_prompts", "unseen_prompts"):
+            s = r[split]
+            if s is None:
+                continue
+            o = s["overall"]
+            rows.append(f"| {MODES[mode]} | {split.split('_')[0]} | {pct(o['color'])} | {pct(o['shape'])} | "
+                        f"{pct(o['size'])} | {pct(o['relation'])} | {pct((s['one_object'] or {}).get('all'))} | "
+                        f"{pct((s['two_objects'] or {}).get('all'))} | "
+                        + (f"{r['clip_score']:.3f} | {r['diversity']:.3f} |" if split == "all_prompts" else " | |"))
+    return "\n".join(rows) + "\n"
