@@ -6,7 +6,6 @@ stage. Noise comes only from the per-image generators passed in, in Karlo's orde
 prior steps, decoder init, decoder steps, upsampler init, upsampler steps.
 """
 
-import gc
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,9 +92,10 @@ class Stages:
     def release(self, *names: str) -> None:
         if self.keep_loaded:
             return
-        for n in names:
+        for n in names:  # dropping the last reference frees the weights (no gc pass needed)
             self._loaded.pop(n, None)
-        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def decoder_size(self) -> int:
         """Resolution the decoder generates at (Karlo: 64), read from its config without loading it."""
