@@ -16,6 +16,7 @@ DEST = ROOT / "src" / "unclip_cli" / "bundled" / "shapes"
 STAGES = {"clip": "clip", "prior": "prior", "text_proj": "decoder", "decoder": "decoder", "sr256": "sr256", "sr1024": "sr1024"}
 BEGIN, END = "# BEGIN shapes (written by scripts/bundle_shapes.py)", "# END shapes"
 DEFAULTS = """[models.shapes.defaults]
+size = 256  # the 256->1024 upsampler is undertrained (see README); --size 1024 still works
 prior_steps = 25
 decoder_steps = 25
 sr_steps = 10

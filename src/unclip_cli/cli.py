@@ -46,7 +46,7 @@ SrSteps = Annotated[Optional[int], typer.Option(help="Upsampler sampling steps (
 PriorGuidance = Annotated[Optional[float], typer.Option(help="Prior classifier-free guidance scale (Karlo: 4.0).")]
 DecoderGuidance = Annotated[Optional[float], typer.Option(help="Decoder classifier-free guidance scale (Karlo: 8.0).")]
 Sampler = Annotated[str, typer.Option(help="ddpm (ancestral, as Karlo) or ddim.")]
-Size = Annotated[Optional[int], typer.Option(help="Output size: the decoder's own (64 for Karlo, 32 for shapes), 256 or 1024; default: the largest the model reaches.")]
+Size = Annotated[Optional[int], typer.Option(help="Output size: the decoder's own (64 for Karlo, 32 for shapes), 256 or 1024; default: the model's default size, else the largest it reaches.")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
 Dtype = Annotated[str, typer.Option(help="auto (fp16 on CUDA, else fp32), fp32, fp16 or bf16.")]
 Outdir = Annotated[Path, typer.Option("--outdir", "-o", help="Folder for the PNGs (never overwrites).")]

@@ -117,7 +117,7 @@ def open_model(name: str | None, device, dtype, size: int | None, *, keep_loaded
     """Fetch and check the files a run at `size` needs. Returns (stages, resolved size).
 
     Sizes: the decoder's own resolution (64 for Karlo), then 256 and 1024 as far as the
-    model's upsamplers reach.
+    model's upsamplers reach. Without a size: the model's default `size`, else the largest.
     """
     spec = weights.resolve(name)
     ups = [(s, r) for s, r in (("sr256", 256), ("sr1024", 1024)) if s in spec.stages]
@@ -137,7 +137,7 @@ def open_model(name: str | None, device, dtype, size: int | None, *, keep_loaded
     stages.preflight()
     base = stages.decoder_size()
     reach = ups[-1][1] if ups else base
-    size = size or reach
+    size = size or int(spec.defaults.get("size", reach))
     if size not in (base, *[r for _, r in ups]):
         allowed = ", ".join(str(v) for v in (base, *[r for _, r in ups]))
         raise UnclipError(f"model '{spec.name}' makes images of size {allowed}; --size {size} is not available")
