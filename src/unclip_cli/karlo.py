@@ -1,0 +1,331 @@
+"""Karlo v1 alpha in diffusers layout: configs and weights -> unclip's modules, strictly.
+
+A folder in diffusers layout (a copy of kakaobrain/karlo-v1-alpha or karlo-v1-alpha-image-variations,
+or any checkpoint with the same configs) is a model: `spec_from_folder` maps its subfolders to our
+stages, `check_stage` checks one stage file from its safetensors header only, and `build_stage`
+builds the module on the meta device and loads it strictly (`checkpoint.load_into`).
+
+Our prior, UNet and text_proj use diffusers' parameter names, so the rename tables (`RENAMES`) are
+empty: a diffusers key *is* our key. CLIP goes through `unclip_cli.hf_clip` (transformers ->
+open_clip). Config translation refuses, naming the field, every value whose behaviour unclip does
+not implement, and every field it does not know. Only safetensors are read; pickle-only folders are
+refused. Sampling defaults are Karlo's (and the prior clamp is read from prior_scheduler).
+"""
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from unclip_cli import checkpoint, hf_clip, weights
+from unclip_cli.errors import UnclipError
+from unclip_cli.prior import Prior, PriorConfig
+from unclip_cli.text_proj import TextProj, TextProjConfig
+from unclip_cli.unet import UNet, UNetConfig
+
+# stage -> (subfolder, class it must hold). clip_vision joins clip into one open_clip model.
+FOLDERS = {
+    "clip": ("text_encoder", "CLIPTextModelWithProjection"),
+    "clip_vision": ("image_encoder", "CLIPVisionModelWithProjection"),
+    "prior": ("prior", "PriorTransformer"),
+    "text_proj": ("text_proj", "UnCLIPTextProjModel"),
+    "decoder": ("decoder", "UNet2DConditionModel"),
+    "sr256": ("super_res_first", "UNet2DModel"),
+    "sr256_last": ("super_res_last", "UNet2DModel"),
+}
+# diffusers key -> unclip key, per stage. Empty by design: our modules use diffusers' names.
+RENAMES: dict[str, dict[str, str]] = {"prior": {}, "text_proj": {}, "decoder": {}, "sr256": {}, "sr256_last": {}}
+
+# Karlo's sampling defaults (UnCLIPPipeline's call defaults; prior clamp from prior_scheduler).
+DEFAULTS = dict(prior_steps=25, decoder_steps=25, sr_steps=7, prior_guidance=4.0, decoder_guidance=8.0, prior_clip=5.0)
+
+# Fields that do not change what these block types compute (or only their precision / training).
+IGNORED = {"_class_name", "_diffusers_version", "_name_or_path", "_use_default_values", "dropout",
+           "attention_head_dim", "upcast_attention", "use_linear_projection", "downsample_padding",
+           "transformer_layers_per_block", "reverse_transformer_layers_per_block", "addition_time_embed_dim",
+           "addition_embed_type_num_heads", "attn_norm_num_groups", "downsample_type", "upsample_type",
+           "num_train_timesteps"}
+
+
+def _fixed(default, *accepted):
+    """A rule: the value a missing field means, and the values unclip implements."""
+    return default, accepted or (default,)
+
+
+_UNET = {  # both UNet classes
+    "act_fn": _fixed("silu"), "flip_sin_to_cos": _fixed(True), "freq_shift": _fixed(0),
+    "center_input_sample": _fixed(False), "mid_block_scale_factor": _fixed(1), "time_embedding_type": _fixed("positional"),
+    "time_embedding_dim": _fixed(None), "num_class_embeds": _fixed(None),
+    "resnet_time_scale_shift": _fixed("default", "default", "scale_shift"),
+}
+RULES = {
+    "PriorTransformer": {
+        "additional_embeddings": _fixed(4), "time_embed_act_fn": _fixed("silu"), "norm_in_type": _fixed(None),
+        "embedding_proj_norm_type": _fixed(None), "encoder_hid_proj_type": _fixed("linear"), "added_emb_type": _fixed("prd"),
+        "time_embed_dim": _fixed(None), "embedding_proj_dim": _fixed(None), "clip_embed_dim": _fixed(None),
+    },
+    "UNet2DConditionModel": {
+        **_UNET, "class_embed_type": _fixed(None, "identity"),  # identity: text_proj's embedding is added to temb
+        "mid_block_type": _fixed("UNetMidBlock2DCrossAttn", "UNetMidBlock2DSimpleCrossAttn"),
+        "only_cross_attention": _fixed(False), "dual_cross_attention": _fixed(False),
+        "encoder_hid_dim": _fixed(None), "encoder_hid_dim_type": _fixed(None), "addition_embed_type": _fixed(None),
+        "num_attention_heads": _fixed(None), "resnet_skip_time_act": _fixed(False), "resnet_out_scale_factor": _fixed(1.0),
+        "time_embedding_act_fn": _fixed(None), "timestep_post_act": _fixed(None), "time_cond_proj_dim": _fixed(None),
+        "conv_in_kernel": _fixed(3), "conv_out_kernel": _fixed(3), "projection_class_embeddings_input_dim": _fixed(None),
+        "class_embeddings_concat": _fixed(False), "cross_attention_norm": _fixed(None), "attention_type": _fixed("default"),
+        "mid_block_only_cross_attention": _fixed(None, None, False),
+    },
+    "UNet2DModel": {**_UNET, "class_embed_type": _fixed(None), "add_attention": _fixed(True, False),
+                    "mid_block_type": _fixed("UNetMidBlock2D"), "sample_size": _fixed(None, None, 256)},
+    "UnCLIPTextProjModel": {},
+}
+# Fields translated into our configs, with the value a missing one means.
+TRANSLATED = {
+    "PriorTransformer": dict(num_attention_heads=32, attention_head_dim=64, num_layers=20, embedding_dim=768,
+                             num_embeddings=77),
+    "UNet2DConditionModel": dict(in_channels=4, out_channels=4, block_out_channels=[320, 640, 1280, 1280],
+                                 layers_per_block=2, down_block_types=None, up_block_types=None, norm_num_groups=32,
+                                 norm_eps=1e-5, cross_attention_dim=1280, sample_size=64),
+    "UNet2DModel": dict(in_channels=3, out_channels=3, block_out_channels=[224, 448, 672, 896], layers_per_block=2,
+                        down_block_types=None, up_block_types=None, norm_num_groups=32, norm_eps=1e-5),
+    "UnCLIPTextProjModel": dict(clip_extra_context_tokens=4, clip_embeddings_dim=768, time_embed_dim=None,
+                                cross_attention_dim=None),
+}
+_DOWN = {"ResnetDownsampleBlock2D": False, "SimpleCrossAttnDownBlock2D": True}  # block type -> has attention
+_UP = {False: "ResnetUpsampleBlock2D", True: "SimpleCrossAttnUpBlock2D"}
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UnclipError(f"{what}: {path} does not exist") from None
+    except (OSError, ValueError) as e:
+        raise UnclipError(f"{what}: cannot read {path} ({e})") from None
+
+
+def _checked(cfg: dict, cls: str, where: str) -> dict:
+    """The translated fields of a diffusers config, after refusing anything we do not implement."""
+    if cfg.get("_class_name", cls) != cls:
+        raise UnclipError(f"{where}: _class_name = {cfg['_class_name']!r}, expected {cls!r}")
+    rules, known = RULES[cls], TRANSLATED[cls]
+    for field in cfg:
+        if field not in rules and field not in known and field not in IGNORED:
+            raise UnclipError(f"{where}: unknown config field {field!r} (value {cfg[field]!r}); unclip does not implement it")
+    for field, (default, accepted) in rules.items():
+        value = cfg.get(field, default)
+        if value not in accepted:
+            raise UnclipError(f"{where}: {field} = {json.dumps(value)} is not supported "
+                              f"(unclip implements {' or '.join(json.dumps(a) for a in accepted)})")
+    out = {k: cfg.get(k, d) for k, d in known.items()}
+    missing = [k for k, v in out.items() if v is None]
+    if missing:
+        raise UnclipError(f"{where}: config lacks {', '.join(missing)}")
+    return out
+
+
+def prior_config(cfg: dict, where: str = "prior config") -> PriorConfig:
+    c = _checked(cfg, "PriorTransformer", where)
+    return PriorConfig(**c, additional_embeddings=4, dropout=float(cfg.get("dropout", 0.0)))
+
+
+def text_proj_config(cfg: dict, where: str = "text_proj config") -> TextProjConfig:
+    return TextProjConfig(**_checked(cfg, "UnCLIPTextProjModel", where))
+
+
+def unet_config(cfg: dict, where: str = "unet config") -> UNetConfig:
+    """UNet2DConditionModel (Karlo decoder) or UNet2DModel (super-res, no attention) -> UNetConfig."""
+    cls = cfg.get("_class_name", "UNet2DConditionModel")
+    if cls not in ("UNet2DConditionModel", "UNet2DModel"):
+        raise UnclipError(f"{where}: _class_name = {cls!r}, expected UNet2DConditionModel or UNet2DModel")
+    c = _checked(cfg, cls, where)
+    down, up, chs = list(c["down_block_types"]), list(c["up_block_types"]), tuple(c["block_out_channels"])
+    for t in down:
+        if t not in _DOWN or (cls == "UNet2DModel" and _DOWN[t]):
+            raise UnclipError(f"{where}: down_block_types has {t!r}; unclip implements "
+                              f"{' and '.join(_DOWN) if cls == 'UNet2DConditionModel' else 'ResnetDownsampleBlock2D'}")
+    attention = tuple(_DOWN[t] for t in down)
+    if up != [_UP[a] for a in reversed(attention)]:
+        raise UnclipError(f"{where}: up_block_types {up} do not mirror down_block_types (expected "
+                          f"{[_UP[a] for a in reversed(attention)]})")
+    if len(chs) != len(down) or not isinstance(c["layers_per_block"], int):
+        raise UnclipError(f"{where}: block_out_channels / layers_per_block must give one int per level of down_block_types")
+    conditional = cls == "UNet2DConditionModel"
+    if conditional and not isinstance(cfg.get("attention_head_dim"), int):
+        raise UnclipError(f"{where}: attention_head_dim = {cfg.get('attention_head_dim')!r}; unclip needs one int")
+    return UNetConfig(
+        in_channels=c["in_channels"], out_channels=c["out_channels"], block_out_channels=chs,
+        layers_per_block=c["layers_per_block"], attention=attention, mid_attention=conditional,
+        attention_head_dim=cfg["attention_head_dim"] if conditional else 64,
+        context_dim=c["cross_attention_dim"] if conditional else None,
+        scale_shift=cfg.get("resnet_time_scale_shift", "default") == "scale_shift",
+        norm_num_groups=c["norm_num_groups"], norm_eps=float(c["norm_eps"]), dropout=float(cfg.get("dropout", 0.0)),
+        sample_size=c["sample_size"] if conditional else 256,
+    )
+
+
+def clip_config(text_cfg: dict | None, vision_cfg: dict | None, where: str = "CLIP config") -> dict:
+    """transformers CLIPTextModelWithProjection / CLIPVisionModelWithProjection configs -> open_clip CLIP config."""
+    for cfg, kind in ((text_cfg, "clip_text_model"), (vision_cfg, "clip_vision_model")):
+        if cfg is not None and cfg.get("model_type") != kind:
+            raise UnclipError(f"{where}: model_type = {cfg.get('model_type')!r}, expected {kind!r}")
+    dims = {c.get("projection_dim", 512) for c in (text_cfg, vision_cfg) if c is not None}
+    if len(dims) != 1:
+        raise UnclipError(f"{where}: text and image encoders differ in projection_dim ({sorted(dims)})")
+    if text_cfg is None:  # header check of the image encoder alone: a placeholder text tower
+        text_cfg = dict(hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8, vocab_size=1,
+                        max_position_embeddings=1, hidden_act=vision_cfg.get("hidden_act", "quick_gelu"))
+    try:
+        return hf_clip.open_clip_config_from_hf(text_cfg, vision_cfg, dims.pop())
+    except ValueError as e:
+        raise UnclipError(f"{where}: {e}") from None
+
+
+def _module(stage: str, cfg: dict, where: str) -> torch.nn.Module:
+    """The unclip module for a stage config, on the meta device (no init, no memory)."""
+    with torch.device("meta"):
+        if stage == "prior":
+            return Prior(prior_config(cfg, where))
+        if stage == "text_proj":
+            return TextProj(text_proj_config(cfg, where))
+        if stage in ("decoder", "sr256", "sr256_last"):
+            return UNet(unet_config(cfg, where))
+    raise UnclipError(f"{where}: unclip has no diffusers-layout stage '{stage}'")
+
+
+def _clip_module(text_cfg: dict | None, vision_cfg: dict | None, where: str):
+    from open_clip.model import CLIP
+
+    with torch.device("meta"):
+        model = CLIP(**clip_config(text_cfg, vision_cfg, where))
+    if vision_cfg is None:
+        model.visual = hf_clip.AbsentTower("vision")
+    return model
+
+
+def _convert_clip(stage: str, hf: dict) -> dict:
+    try:
+        return hf_clip.convert_state_dict(hf)
+    except ValueError as e:
+        raise UnclipError(f"stage '{stage}': {e}") from None
+
+
+def _rename(stage: str, keys: dict) -> dict:
+    table = RENAMES.get(stage, {})
+    return {table.get(k, k): v for k, v in keys.items()}
+
+
+def check_stage(stage: str, weights_path, config_path) -> None:
+    """Strict key/shape check of one stage file from its header (no tensor is read)."""
+    if config_path is None:
+        raise UnclipError(f"stage '{stage}': no config.json for this diffusers-layout stage")
+    _, found = checkpoint.read_header(Path(weights_path), stage)
+    cfg, where = _read_json(config_path, f"stage '{stage}'"), f"stage '{stage}' ({config_path})"
+    if stage in ("clip", "clip_vision"):
+        text, vision = (cfg, None) if stage == "clip" else (None, cfg)
+        expected = {k: tuple(v.shape) for k, v in _clip_module(text, vision, where).state_dict().items()
+                    if k.startswith("visual.") == (stage == "clip_vision") and k != "logit_scale"}
+        meta = {k: torch.empty(s, device="meta") for k, s in found.items()}
+        found = {k: tuple(v.shape) for k, v in _convert_clip(stage, meta).items() if k != "logit_scale"}
+    else:
+        expected = {k: tuple(v.shape) for k, v in _module(stage, cfg, where).state_dict().items()}
+        found = _rename(stage, found)
+    checkpoint.check_strict(stage, expected, found)
+
+
+def build_stage(stage: str, weights_path, config_path, device, dtype) -> torch.nn.Module:
+    """Build a stage module on the meta device and load its diffusers-layout weights strictly.
+
+    For `clip`, weights_path/config_path may be (text_encoder, image_encoder) pairs: one open_clip model.
+    """
+    if stage == "clip":
+        paths = list(weights_path) if isinstance(weights_path, (tuple, list)) else [weights_path]
+        cfg_paths = list(config_path) if isinstance(config_path, (tuple, list)) else [config_path]
+        cfgs = [_read_json(p, f"stage '{stage}'") for p in cfg_paths] + [None]
+        model = _clip_module(cfgs[0], cfgs[1], f"stage '{stage}' ({cfg_paths[0]})")
+        hf = {}
+        for p in paths:
+            hf.update(checkpoint.read_tensors(Path(p), stage))
+        tensors = _convert_clip(stage, hf)
+        tensors.setdefault("logit_scale", torch.tensor(math.log(1 / 0.07)))  # *WithProjection files have none
+        return checkpoint.load_into(model, tensors, stage, device, dtype)
+    module = _module(stage, _read_json(config_path, f"stage '{stage}'"), f"stage '{stage}' ({config_path})")
+    tensors = _rename(stage, checkpoint.read_tensors(Path(weights_path), stage))
+    return checkpoint.load_into(module, tensors, stage, device, dtype)
+
+
+# A folder in diffusers layout as a model --------------------------------------------------------
+
+_SCHED_DEFAULT = dict(_class_name="UnCLIPScheduler", beta_schedule="squaredcos_cap_v2", variance_type="fixed_small_log",
+                      prediction_type="epsilon", clip_sample=True, clip_sample_range=1.0)
+# What our pipeline does in each stage (pipeline.prior_stage / decoder_stage / upsample_stage).
+SCHEDULERS = {
+    "prior_scheduler": dict(prediction_type="sample", variance_type="fixed_small_log"),
+    "decoder_scheduler": dict(prediction_type="epsilon", variance_type="learned_range", clip_sample=True, clip_sample_range=1.0),
+    "super_res_scheduler": dict(prediction_type="epsilon", variance_type="fixed_small_log", clip_sample=True,
+                                clip_sample_range=1.0),
+}
+
+
+def _weights_file(sub: Path) -> Path:
+    """The one safetensors weights file of a component folder; pickles are refused."""
+    for name in ("diffusion_pytorch_model.safetensors", "model.safetensors"):
+        if (sub / name).is_file():
+            return sub / name
+    found = sorted(sub.glob("*.safetensors"))
+    if len(found) == 1:
+        return found[0]
+    if found or list(sub.glob("*.safetensors.index.json")):
+        raise UnclipError(f"{sub}: several or sharded .safetensors files; unclip reads one file per component")
+    if list(sub.glob("*.bin")) or list(sub.glob("*.pt*")) or list(sub.glob("*.ckpt")):
+        raise UnclipError(f"{sub} has only pickle weights (.bin); unclip never loads pickles. Use a safetensors copy "
+                          "(on the Hub, the SFconvertbot pull request of the repo) or convert it with safetensors")
+    raise UnclipError(f"{sub}: no .safetensors weights file")
+
+
+def _scheduler_defaults(root: Path) -> dict:
+    """Check the scheduler configs against what our pipeline does; read the prior clamp and T."""
+    out, steps = {}, set()
+    for folder, expect in SCHEDULERS.items():
+        path = root / folder / "scheduler_config.json"
+        if not path.is_file():
+            continue
+        cfg = _read_json(path, "scheduler")
+        for field, value in {"_class_name": "UnCLIPScheduler", "beta_schedule": "squaredcos_cap_v2", **expect}.items():
+            if cfg.get(field, _SCHED_DEFAULT[field]) != value:
+                raise UnclipError(f"{path}: {field} = {json.dumps(cfg.get(field))} is not supported (unclip: {json.dumps(value)})")
+        steps.add(int(cfg.get("num_train_timesteps", 1000)))
+        if folder == "prior_scheduler":
+            out["prior_clip"] = float(cfg.get("clip_sample_range", 1.0)) if cfg.get("clip_sample", True) else None
+    if len(steps) > 1:
+        raise UnclipError(f"{root}: schedulers disagree on num_train_timesteps ({sorted(steps)})")
+    return out | ({"num_timesteps": steps.pop()} if steps else {})
+
+
+def spec_from_folder(path) -> weights.ModelSpec:
+    """A model spec for a local folder in diffusers layout (model_index.json + one subfolder per component)."""
+    root = Path(path).expanduser().resolve()
+    index = _read_json(root / "model_index.json", f"model folder {root}")
+    pipe = index.get("_class_name")
+    if pipe not in ("UnCLIPPipeline", "UnCLIPImageVariationPipeline"):
+        raise UnclipError(f"{root}/model_index.json: _class_name = {pipe!r}; unclip reads UnCLIPPipeline "
+                          "(karlo-v1-alpha) and UnCLIPImageVariationPipeline (karlo-v1-alpha-image-variations)")
+    stages, configs = {}, {}
+    for stage, (folder, cls) in FOLDERS.items():
+        entry = index.get(folder)
+        if not entry or entry[-1] is None:
+            continue
+        if entry[-1] != cls:
+            raise UnclipError(f"{root}/model_index.json: {folder} is {entry[-1]}, unclip reads {cls}")
+        if not (root / folder / "config.json").is_file():
+            raise UnclipError(f"{root / folder}: config.json is missing")
+        stages[stage] = weights.Source(path=_weights_file(root / folder))
+        configs[stage] = weights.Source(path=root / folder / "config.json")
+    missing = [FOLDERS[s][0] for s in ("clip", "text_proj", "decoder") if s not in stages]
+    if "prior" not in stages and "clip_vision" not in stages:
+        missing.append("prior (or image_encoder)")
+    if missing:
+        raise UnclipError(f"{root}: no {', '.join(missing)} component in model_index.json")
+    return weights.ModelSpec(name=str(root), description=f"{pipe} in diffusers layout", format="diffusers",
+                             stages=stages, configs=configs, defaults={**DEFAULTS, **_scheduler_defaults(root)})
