@@ -178,6 +178,8 @@ def _sample(opts: Options, denoise, x, schedule, steps: int, gens, name: str, re
 
 def prior_stage(stages: Stages, text: TextEncoding, uncond: TextEncoding, opts: Options, gens, report: Report = _noop):
     """CLIP text encoding -> CLIP image embedding [B, D] (denormalised)."""
+    if not stages.has("prior"):
+        raise UnclipError(f"model '{stages.spec.name}' has no prior: it can only make variations (`unclip vary`)")
     prior = stages.get("prior")
     schedule = diffusion.cosine_schedule(opts.num_timesteps)
     both = TextEncoding.cat([uncond, text])

@@ -23,7 +23,7 @@ from unclip_cli.errors import UnclipError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 STAGES = ("clip", "clip_vision", "prior", "text_proj", "decoder", "sr256", "sr256_last", "sr1024", "sr1024_last")
-REQUIRED = ("clip", "prior", "text_proj", "decoder")
+REQUIRED = ("clip", "prior", "text_proj", "decoder")  # an image-variations model may have no prior
 
 
 def unclip_home() -> Path:
@@ -121,7 +121,7 @@ def resolve(name: str | None) -> ModelSpec:
     if name not in models:
         known = ", ".join(sorted(models)) or "none"
         raise UnclipError(f"unknown model '{name}' (known models: {known}; see `unclip models list`)")
-    missing = [s for s in REQUIRED if s not in models[name].stages]
+    missing = [s for s in REQUIRED if s not in models[name].stages and not (s == "prior" and "clip_vision" in models[name].stages)]
     if missing:
         raise UnclipError(f"model '{name}' has no {', '.join(missing)} stage in weights.toml")
     return models[name]
