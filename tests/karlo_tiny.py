@@ -48,6 +48,14 @@ KARLO = {
                      "pad_token_id": 1},
 }
 KARLO["super_res_last"] = {**KARLO["super_res_first"], "sample_size": None}
+# openai/clip-vit-large-patch14's CLIPModel config as re-saved by transformers 4.3x (defaults left out): the image
+# tower of weights.toml's karlo-variations (Karlo's image_encoder holds the same weights).
+KARLO["openai_clip"] = {"architectures": ["CLIPModel"], "model_type": "clip", "projection_dim": 768,
+                        "text_config": {"hidden_size": 768, "intermediate_size": 3072, "model_type": "clip_text_model",
+                                        "num_attention_heads": 12, "projection_dim": 768},
+                        "vision_config": {"hidden_size": 1024, "intermediate_size": 4096, "model_type": "clip_vision_model",
+                                          "num_attention_heads": 16, "num_hidden_layers": 24, "patch_size": 14,
+                                          "projection_dim": 768}}
 
 _SR_TINY = {**KARLO["super_res_first"], "block_out_channels": [4, 8, 8, 16], "layers_per_block": 1,
             "norm_num_groups": 4, "norm_eps": 1e-6}

@@ -55,25 +55,28 @@ def _fixed(default, *accepted):
 
 _UNET = {  # both UNet classes
     "act_fn": _fixed("silu"), "flip_sin_to_cos": _fixed(True), "freq_shift": _fixed(0),
-    "center_input_sample": _fixed(False), "mid_block_scale_factor": _fixed(1), "time_embedding_type": _fixed("positional"),
-    "time_embedding_dim": _fixed(None), "num_class_embeds": _fixed(None),
+    "center_input_sample": _fixed(False), "mid_block_scale_factor": _fixed(1),
+    "time_embedding_type": _fixed("positional"), "time_embedding_dim": _fixed(None), "num_class_embeds": _fixed(None),
     "resnet_time_scale_shift": _fixed("default", "default", "scale_shift"),
 }
 RULES = {
     "PriorTransformer": {
         "additional_embeddings": _fixed(4), "time_embed_act_fn": _fixed("silu"), "norm_in_type": _fixed(None),
-        "embedding_proj_norm_type": _fixed(None), "encoder_hid_proj_type": _fixed("linear"), "added_emb_type": _fixed("prd"),
-        "time_embed_dim": _fixed(None), "embedding_proj_dim": _fixed(None), "clip_embed_dim": _fixed(None),
+        "embedding_proj_norm_type": _fixed(None), "encoder_hid_proj_type": _fixed("linear"),
+        "added_emb_type": _fixed("prd"), "time_embed_dim": _fixed(None), "embedding_proj_dim": _fixed(None),
+        "clip_embed_dim": _fixed(None),
     },
     "UNet2DConditionModel": {
         **_UNET, "class_embed_type": _fixed(None, "identity"),  # identity: text_proj's embedding is added to temb
         "mid_block_type": _fixed("UNetMidBlock2DCrossAttn", "UNetMidBlock2DSimpleCrossAttn"),
         "only_cross_attention": _fixed(False), "dual_cross_attention": _fixed(False),
         "encoder_hid_dim": _fixed(None), "encoder_hid_dim_type": _fixed(None), "addition_embed_type": _fixed(None),
-        "num_attention_heads": _fixed(None), "resnet_skip_time_act": _fixed(False), "resnet_out_scale_factor": _fixed(1.0),
-        "time_embedding_act_fn": _fixed(None), "timestep_post_act": _fixed(None), "time_cond_proj_dim": _fixed(None),
-        "conv_in_kernel": _fixed(3), "conv_out_kernel": _fixed(3), "projection_class_embeddings_input_dim": _fixed(None),
-        "class_embeddings_concat": _fixed(False), "cross_attention_norm": _fixed(None), "attention_type": _fixed("default"),
+        "num_attention_heads": _fixed(None), "resnet_skip_time_act": _fixed(False),
+        "resnet_out_scale_factor": _fixed(1.0), "time_embedding_act_fn": _fixed(None),
+        "timestep_post_act": _fixed(None),
+        "time_cond_proj_dim": _fixed(None), "conv_in_kernel": _fixed(3), "conv_out_kernel": _fixed(3),
+        "projection_class_embeddings_input_dim": _fixed(None), "class_embeddings_concat": _fixed(False),
+        "cross_attention_norm": _fixed(None), "attention_type": _fixed("default"),
         "mid_block_only_cross_attention": _fixed(None, None, False),
     },
     "UNet2DModel": {**_UNET, "class_embed_type": _fixed(None), "add_attention": _fixed(True, False),
@@ -112,7 +115,7 @@ def _checked(cfg: dict, cls: str, where: str) -> dict:
     rules, known = RULES[cls], TRANSLATED[cls]
     for field in cfg:
         if field not in rules and field not in known and field not in IGNORED:
-            raise UnclipError(f"{where}: unknown config field {field!r} (value {cfg[field]!r}); unclip does not implement it")
+            raise UnclipError(f"{where}: unknown config field {field!r} = {cfg[field]!r}; unclip does not implement it")
     for field, (default, accepted) in rules.items():
         value = cfg.get(field, default)
         if value not in accepted:
@@ -150,7 +153,7 @@ def unet_config(cfg: dict, where: str = "unet config") -> UNetConfig:
         raise UnclipError(f"{where}: up_block_types {up} do not mirror down_block_types (expected "
                           f"{[_UP[a] for a in reversed(attention)]})")
     if len(chs) != len(down) or not isinstance(c["layers_per_block"], int):
-        raise UnclipError(f"{where}: block_out_channels / layers_per_block must give one int per level of down_block_types")
+        raise UnclipError(f"{where}: block_out_channels / layers_per_block need one int per level of down_block_types")
     conditional = cls == "UNet2DConditionModel"
     if conditional and not isinstance(cfg.get("attention_head_dim"), int):
         raise UnclipError(f"{where}: attention_head_dim = {cfg.get('attention_head_dim')!r}; unclip needs one int")
@@ -165,8 +168,25 @@ def unet_config(cfg: dict, where: str = "unet config") -> UNetConfig:
     )
 
 
+# A full CLIPModel file (openai/clip-vit-large-patch14's model.safetensors) holds both towers: a stage takes
+# its own and drops these keys of the other one.
+OTHER_TOWER = {"clip": ("vision_model.", "visual_projection."),
+               "clip_vision": ("text_model.", "text_projection.", "logit_scale")}
+
+
+def _tower_cfg(cfg: dict | None, kind: str) -> dict | None:
+    """A tower's config: a CLIP{Text,Vision}ModelWithProjection config.json, or that half of a CLIPModel one."""
+    if cfg is None or cfg.get("model_type") != "clip":
+        return cfg
+    if not isinstance(cfg.get(f"{kind}_config"), dict):
+        raise UnclipError(f"CLIPModel config without {kind}_config")
+    projection_dim = cfg.get("projection_dim", 512)  # the projections belong to the CLIPModel
+    return {**cfg[f"{kind}_config"], "model_type": f"clip_{kind}_model", "projection_dim": projection_dim}
+
+
 def clip_config(text_cfg: dict | None, vision_cfg: dict | None, where: str = "CLIP config") -> dict:
-    """transformers CLIPTextModelWithProjection / CLIPVisionModelWithProjection configs -> open_clip CLIP config."""
+    """transformers CLIP configs (CLIP*ModelWithProjection, or CLIPModel) -> open_clip CLIP config."""
+    text_cfg, vision_cfg = _tower_cfg(text_cfg, "text"), _tower_cfg(vision_cfg, "vision")
     for cfg, kind in ((text_cfg, "clip_text_model"), (vision_cfg, "clip_vision_model")):
         if cfg is not None and cfg.get("model_type") != kind:
             raise UnclipError(f"{where}: model_type = {cfg.get('model_type')!r}, expected {kind!r}")
@@ -216,6 +236,14 @@ def _rename(stage: str, keys: dict) -> dict:
     return {table.get(k, k): v for k, v in keys.items()}
 
 
+def _load(module: torch.nn.Module, tensors: dict, stage: str, device, dtype) -> torch.nn.Module:
+    # On the CPU, own copies rather than views into the safetensors mmap at arbitrary offsets: MKL's
+    # batch-of-one GEMMs round differently on unaligned data (1e-7, then amplified at t=999 to visible pixels).
+    if torch.device(device).type == "cpu":
+        tensors = {k: v.to(dtype if v.is_floating_point() else v.dtype, copy=True) for k, v in tensors.items()}
+    return checkpoint.load_into(module, tensors, stage, device, dtype)
+
+
 def check_stage(stage: str, weights_path, config_path) -> None:
     """Strict key/shape check of one stage file from its header (no tensor is read)."""
     if config_path is None:
@@ -226,7 +254,7 @@ def check_stage(stage: str, weights_path, config_path) -> None:
         text, vision = (cfg, None) if stage == "clip" else (None, cfg)
         expected = {k: tuple(v.shape) for k, v in _clip_module(text, vision, where).state_dict().items()
                     if k.startswith("visual.") == (stage == "clip_vision") and k != "logit_scale"}
-        meta = {k: torch.empty(s, device="meta") for k, s in found.items()}
+        meta = {k: torch.empty(s, device="meta") for k, s in found.items() if not k.startswith(OTHER_TOWER[stage])}
         found = {k: tuple(v.shape) for k, v in _convert_clip(stage, meta).items() if k != "logit_scale"}
     else:
         expected = {k: tuple(v.shape) for k, v in _module(stage, cfg, where).state_dict().items()}
@@ -245,14 +273,14 @@ def build_stage(stage: str, weights_path, config_path, device, dtype) -> torch.n
         cfgs = [_read_json(p, f"stage '{stage}'") for p in cfg_paths] + [None]
         model = _clip_module(cfgs[0], cfgs[1], f"stage '{stage}' ({cfg_paths[0]})")
         hf = {}
-        for p in paths:
-            hf.update(checkpoint.read_tensors(Path(p), stage))
+        for p, tower in zip(paths, ("clip", "clip_vision")):
+            own = checkpoint.read_tensors(Path(p), stage).items()
+            hf.update({k: v for k, v in own if not k.startswith(OTHER_TOWER[tower])})
         tensors = _convert_clip(stage, hf)
         tensors.setdefault("logit_scale", torch.tensor(math.log(1 / 0.07)))  # *WithProjection files have none
-        return checkpoint.load_into(model, tensors, stage, device, dtype)
+        return _load(model, tensors, stage, device, dtype)
     module = _module(stage, _read_json(config_path, f"stage '{stage}'"), f"stage '{stage}' ({config_path})")
-    tensors = _rename(stage, checkpoint.read_tensors(Path(weights_path), stage))
-    return checkpoint.load_into(module, tensors, stage, device, dtype)
+    return _load(module, _rename(stage, checkpoint.read_tensors(Path(weights_path), stage)), stage, device, dtype)
 
 
 # A folder in diffusers layout as a model --------------------------------------------------------
@@ -262,7 +290,8 @@ _SCHED_DEFAULT = dict(_class_name="UnCLIPScheduler", beta_schedule="squaredcos_c
 # What our pipeline does in each stage (pipeline.prior_stage / decoder_stage / upsample_stage).
 SCHEDULERS = {
     "prior_scheduler": dict(prediction_type="sample", variance_type="fixed_small_log"),
-    "decoder_scheduler": dict(prediction_type="epsilon", variance_type="learned_range", clip_sample=True, clip_sample_range=1.0),
+    "decoder_scheduler": dict(prediction_type="epsilon", variance_type="learned_range", clip_sample=True,
+                              clip_sample_range=1.0),
     "super_res_scheduler": dict(prediction_type="epsilon", variance_type="fixed_small_log", clip_sample=True,
                                 clip_sample_range=1.0),
 }
@@ -294,7 +323,8 @@ def _scheduler_defaults(root: Path) -> dict:
         cfg = _read_json(path, "scheduler")
         for field, value in {"_class_name": "UnCLIPScheduler", "beta_schedule": "squaredcos_cap_v2", **expect}.items():
             if cfg.get(field, _SCHED_DEFAULT[field]) != value:
-                raise UnclipError(f"{path}: {field} = {json.dumps(cfg.get(field))} is not supported (unclip: {json.dumps(value)})")
+                raise UnclipError(f"{path}: {field} = {json.dumps(cfg.get(field))} is not supported "
+                                  f"(unclip: {json.dumps(value)})")
         steps.add(int(cfg.get("num_train_timesteps", 1000)))
         if folder == "prior_scheduler":
             out["prior_clip"] = float(cfg.get("clip_sample_range", 1.0)) if cfg.get("clip_sample", True) else None
