@@ -155,10 +155,13 @@ def write_folder(root: Path, *, variations: bool = False, seed: int = 0) -> dict
 
     root.mkdir(parents=True, exist_ok=True)
     folders = ["decoder", "super_res_first", "super_res_last", "text_proj"] + ([] if variations else ["prior"])
-    parts = {f: randomize(diffusers_model(f, TINY[f]), seed + i) for i, f in enumerate(folders)}
-    parts["text_encoder"] = randomize(clip_model("text_encoder", TINY["text_encoder"]), seed + 10)
+    with torch.random.fork_rng():  # the libraries' default init draws from the global generator
+        torch.manual_seed(seed)
+        parts = {f: randomize(diffusers_model(f, TINY[f]), seed + i) for i, f in enumerate(folders)}
+        parts["text_encoder"] = randomize(clip_model("text_encoder", TINY["text_encoder"]), seed + 10)
+        if variations:
+            parts["image_encoder"] = randomize(clip_model("image_encoder", TINY["image_encoder"]), seed + 11)
     if variations:
-        parts["image_encoder"] = randomize(clip_model("image_encoder", TINY["image_encoder"]), seed + 11)
         parts["feature_extractor"] = image_processor()
     parts["tokenizer"] = tokenizer()
     for name, cfg in SCHEDULERS.items():

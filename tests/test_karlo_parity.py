@@ -26,7 +26,6 @@ Reference: diffusers 0.42 `UnCLIPPipeline` / `UnCLIPImageVariationPipeline` (dep
 """
 
 import ast
-import dataclasses
 import functools
 import gc
 import json
@@ -552,7 +551,9 @@ def test_generate_with_transformers_text_encoder(t2i):
     MEASURED["generate, transformers CLIP: max levels"] = diff.max()
     MEASURED["generate, transformers CLIP: fraction of values > 1 level off"] = (diff > 1).mean()
     MEASURED["generate, transformers CLIP: mean levels"] = diff.mean()
-    assert (diff > 1).mean() < 5e-3 and diff.mean() < 0.1
+    # measured over 6 random inits x 2 cases: <= 1e-4 of the values, mean <= 0.003 levels (single pixels can flip
+    # from one clamp to the other at t=999, so the max is not bounded)
+    assert (diff > 1).mean() < 1e-3 and diff.mean() < 0.05
 
 
 def _source_images():
