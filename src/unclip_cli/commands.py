@@ -120,26 +120,6 @@ def models_list(as_json: bool) -> None:
     Console(width=170).print(table)
 
 
-def eval_markdown(results: dict) -> str:
-    """The eval results as a Markdown table (what the README shows)."""
-    from unclip_cli.evaluate import MODES
-
-    pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
-    rows = ["| conditioning | prompts | color | shape | size | relation | full caption, 1 object | "
-            "full caption, 2 objects | CLIP score | diversity |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for mode, r in results["modes"].items():
-        for split in ("all_prompts", "unseen_prompts"):
-            s = r[split]
-            if s is None:
-                continue
-            o = s["overall"]
-            rows.append(f"| {MODES[mode]} | {split.split('_')[0]} | {pct(o['color'])} | {pct(o['shape'])} | "
-                        f"{pct(o['size'])} | {pct(o['relation'])} | {pct((s['one_object'] or {}).get('all'))} | "
-                        f"{pct((s['two_objects'] or {}).get('all'))} | "
-                        + (f"{r['clip_score']:.3f} | {r['diversity']:.3f} |" if split == "all_prompts" else " | |"))
-    return "\n".join(rows) + "\n"
-
-
 def models_pull(name: str) -> None:
     """Download every stage and config file of a model (continuing interrupted downloads), sha256-checked."""
     _, models = weights.registry()

@@ -1,0 +1,36 @@
+"""`unclip eval` and `unclip data shapes` through the command line."""
+
+import json
+
+from typer.testing import CliRunner
+
+from unclip_cli.cli import app
+
+runner = CliRunner()
+
+
+def test_eval_ablation_writes_json_and_markdown(home, tmp_path):
+    out = tmp_path / "eval.json"
+    r = runner.invoke(app, ["eval", "--per-prompt", "2", "--ablation", "--prior-steps", "2", "--decoder-steps", "2",
+                            "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    res = json.loads(out.read_text())
+    assert set(res["modes"]) == {"caption", "text_embed", "prior"}
+    assert res["size"] == 64 and res["per_prompt"] == 2
+    for mode in res["modes"].values():
+        assert mode["images"] == 2 * 24
+        assert mode["all_prompts"]["overall"]["n"] == 48
+        assert 0.0 <= mode["diversity"] and -1.0 <= mode["clip_score"] <= 1.0
+    md = out.with_suffix(".md").read_text().splitlines()
+    assert md[0].startswith("| conditioning") and len(md) == 2 + 3 * 2
+
+
+def test_data_shapes_writes_pairs_and_refuses_to_overwrite(tmp_path):
+    out = tmp_path / "ds"
+    r = runner.invoke(app, ["data", "shapes", "--count", "5", "--out", str(out), "--seed", "1", "--size", "64"])
+    assert r.exit_code == 0, r.output
+    assert len(list(out.glob("*.png"))) == 5 and len(list(out.glob("*.txt"))) == 5
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    r = runner.invoke(app, ["data", "shapes", "--count", "5", "--out", str(out), "--seed", "2"])
+    assert r.exit_code == 1 and "error:" in r.stderr and "Traceback" not in r.output
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
