@@ -237,10 +237,8 @@ def _rename(stage: str, keys: dict) -> dict:
 
 
 def _load(module: torch.nn.Module, tensors: dict, stage: str, device, dtype) -> torch.nn.Module:
-    # On the CPU, own copies rather than views into the safetensors mmap at arbitrary offsets: MKL's
-    # batch-of-one GEMMs round differently on unaligned data (1e-7, then amplified at t=999 to visible pixels).
-    if torch.device(device).type == "cpu":
-        tensors = {k: v.to(dtype if v.is_floating_point() else v.dtype, copy=True) for k, v in tensors.items()}
+    # checkpoint.read_tensors gives each tensor its own aligned buffer (never views into a memory map at
+    # arbitrary offsets: MKL's batch-of-one GEMMs round differently on unaligned data, 1e-7 that t=999 amplifies).
     return checkpoint.load_into(module, tensors, stage, device, dtype)
 
 
