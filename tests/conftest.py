@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -26,3 +27,13 @@ def home(tmp_path, tiny_model_dir, monkeypatch) -> Path:
     monkeypatch.setenv("UNCLIP_QUIET", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return h
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Speed only, numerics unchanged: one intra-op thread, since two OpenMP threads contending with
+    other processes on a small shared machine make these tiny runs about 10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

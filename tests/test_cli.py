@@ -1,6 +1,5 @@
 """End to end: `unclip generate / vary / edit / info` on the tiny random model (fixture `home`)."""
 
-import gc
 import hashlib
 import json
 from pathlib import Path
@@ -15,19 +14,6 @@ from unclip_cli.cli import app
 
 FAST = ["--prior-steps", "2", "--decoder-steps", "2", "--sr-steps", "2"]
 FAST_VARY = FAST[2:]  # vary has no prior
-
-
-@pytest.fixture(autouse=True)
-def _fast():
-    """Speed only, behaviour unchanged. One intra-op thread: on a small shared machine two OpenMP threads
-    contending with other processes make these tiny runs ~10x slower. gc.freeze: the pipeline calls
-    gc.collect() after every stage, which in a pytest process full of modules walks ~400k objects."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    gc.freeze()
-    yield
-    gc.unfreeze()
-    torch.set_num_threads(threads)
 
 
 def invoke(*args):

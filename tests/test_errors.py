@@ -1,6 +1,5 @@
 """Bad input: one `error: ...` line on stderr, no traceback, a nonzero exit status, nothing written."""
 
-import gc
 import hashlib
 import re
 from pathlib import Path
@@ -14,17 +13,6 @@ from typer.testing import CliRunner
 from unclip_cli.cli import app
 
 FAST = ["--prior-steps", "1", "--decoder-steps", "1", "--sr-steps", "1", "--size", "64"]
-
-
-@pytest.fixture(autouse=True)
-def _fast():
-    """Speed only (see test_cli.py): one intra-op thread, and a cheap gc.collect()."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    gc.freeze()
-    yield
-    gc.unfreeze()
-    torch.set_num_threads(threads)
 
 
 def invoke(*args):

@@ -27,7 +27,6 @@ Reference: diffusers 0.42 `UnCLIPPipeline` / `UnCLIPImageVariationPipeline` (dep
 
 import ast
 import functools
-import gc
 import json
 import os
 import shutil
@@ -52,17 +51,6 @@ KEY_DUMPS = Path(os.environ.get("KARLO_KEYS", "/work/shared/reference/karlo_keys
 PROMPTS = ["a photo of a cat", "an oil painting of a lighthouse at dusk, highly detailed"]
 RTOL = 1e-4  # module outputs: max |diff| <= RTOL * max |reference|
 MEASURED: dict[str, float] = {}  # max differences, printed at the end with -s
-
-
-@pytest.fixture(autouse=True)
-def _fast():
-    """One intra-op thread (small shared machine) and no gc walks over pytest's heap; numerics unchanged."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    gc.freeze()
-    yield
-    gc.unfreeze()
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

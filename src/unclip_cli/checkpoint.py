@@ -134,9 +134,8 @@ def read_tensors(path: Path, stage: str, device="cpu") -> dict[str, torch.Tensor
             header = json.loads(f.read(n))
             base = 8 + n
             out = {}
-            for key, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0] if kv[0] != "__metadata__" else -1):
-                if key == "__metadata__":
-                    continue
+            header.pop("__metadata__", None)
+            for key, info in header.items():
                 start, end = info["data_offsets"]
                 t = torch.empty(info["shape"], dtype=_DTYPES[info["dtype"]])
                 buf = t.view(-1).view(torch.uint8) if t.numel() else t.view(torch.uint8)

@@ -176,44 +176,41 @@ def evaluate(model, per_prompt: int, ablation: bool, seed: int, size: int, overr
     return results
 
 
-def print_eval(results: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
+def _eval_rows(results: dict) -> list[list[str]]:
+    """One row of cells per conditioning mode and prompt split (CLIP score and diversity on 'all' only)."""
     from unclip_cli.evaluate import MODES
 
-    table = Table("conditioning", "prompts", "color", "shape", "size", "relation", "full caption (1 obj)",
-                  "full caption (2 obj)", "CLIP score", "diversity", title=f"unclip eval {results['model']}")
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+    rows = []
     for mode, r in results["modes"].items():
         for split in ("all_prompts", "unseen_prompts"):
             s = r[split]
             if s is None:
                 continue
-            o = s["overall"]
-            table.add_row(MODES[mode], split.split("_")[0], pct(o["color"]), pct(o["shape"]), pct(o["size"]),
-                          pct(o["relation"]), pct((s["one_object"] or {}).get("all")),
-                          pct((s["two_objects"] or {}).get("all")),
-                          f"{r['clip_score']:.3f}" if split == "all_prompts" else "",
-                          f"{r['diversity']:.3f}" if split == "all_prompts" else "")
+            o, first = s["overall"], split == "all_prompts"
+            rows.append([MODES[mode], split.split("_")[0], pct(o["color"]), pct(o["shape"]), pct(o["size"]),
+                         pct(o["relation"]), pct((s["one_object"] or {}).get("all")),
+                         pct((s["two_objects"] or {}).get("all")),
+                         f"{r['clip_score']:.3f}" if first else "", f"{r['diversity']:.3f}" if first else ""])
+    return rows
+
+
+EVAL_COLUMNS = ("conditioning", "prompts", "color", "shape", "size", "relation", "full caption, 1 object",
+                "full caption, 2 objects", "CLIP score", "diversity")
+
+
+def print_eval(results: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*EVAL_COLUMNS, title=f"unclip eval {results['model']}")
+    for row in _eval_rows(results):
+        table.add_row(*row)
     Console(width=170).print(table)
 
 
 def eval_markdown(results: dict) -> str:
     """The eval results as a Markdown table (what the README shows)."""
-    from unclip_cli.evaluate import MODES
-
-    pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
-    rows = ["| conditioning | prompts | color | shape | size | relation | full caption, 1 object | "
-            "full caption, 2 objects | CLIP score | diversity |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for mode, r in results["modes"].items():
-        for split in ("all_prompts", "unseen_prompts"):
-            s = r[split]
-            if s is None:
-                continue
-            o = s["overall"]
-            rows.append(f"| {MODES[mode]} | {split.split('_')[0]} | {pct(o['color'])} | {pct(o['shape'])} | "
-                        f"{pct(o['size'])} | {pct(o['relation'])} | {pct((s['one_object'] or {}).get('all'))} | "
-                        f"{pct((s['two_objects'] or {}).get('all'))} | "
-                        + (f"{r['clip_score']:.3f} | {r['diversity']:.3f} |" if split == "all_prompts" else " | |"))
-    return "\n".join(rows) + "\n"
+    lines = ["| " + " | ".join(EVAL_COLUMNS) + " |", "|" + "---|" * len(EVAL_COLUMNS)]
+    lines += ["| " + " | ".join(row) + " |" for row in _eval_rows(results)]
+    return "\n".join(lines) + "\n"

@@ -6,6 +6,7 @@ stage. Noise comes only from the per-image generators passed in, in Karlo's orde
 prior steps, decoder init, decoder steps, upsampler init, upsampler steps.
 """
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,8 +68,6 @@ class Stages:
             if meta.get("kind") != KINDS.get(stage, "unet"):
                 raise UnclipError(f"stage '{stage}': {path} holds a '{meta.get('kind')}' model, "
                                   f"expected '{KINDS.get(stage, 'unet')}'")
-            import json
-
             with torch.device("meta"):
                 module = checkpoint.instantiate(meta["kind"], json.loads(meta["config"]), stage)
             checkpoint.check_strict(stage, {k: tuple(v.shape) for k, v in module.state_dict().items()}, shapes)
@@ -100,12 +99,8 @@ class Stages:
     def decoder_size(self) -> int:
         """Resolution the decoder generates at (Karlo: 64), read from its config without loading it."""
         if self.spec.format == "diffusers":
-            import json
-
             cfg = self.config_paths.get("decoder")
             return int(json.loads(cfg.read_text()).get("sample_size") or 64) if cfg else 64
-        import json
-
         meta, _ = checkpoint.read_header(self.paths["decoder"], "decoder")
         return int(json.loads(meta["config"]).get("sample_size", 64))
 
