@@ -89,6 +89,20 @@ def test_size_seeds_and_determinism(home, tmp_path, verb, size):
     assert json.loads(invoke("info", "--json", pair["images"][1]["path"]).stdout)["seed"] == 42
 
 
+@pytest.mark.parametrize("verb", ["generate", "vary", "edit"])
+def test_several_images_load_each_stage_once(home, tmp_path, monkeypatch, verb):
+    """-n 3 loops over the images inside each loaded stage instead of reloading the stage per image."""
+    from unclip_cli import checkpoint
+
+    loads, build = [], checkpoint.build
+    monkeypatch.setattr(checkpoint, "build", lambda path, stage, *a, **k: loads.append(stage) or build(path, stage, *a, **k))
+    args = verb_args(verb, tmp_path, 256) + ["--size", 256] + (FAST_VARY if verb == "vary" else FAST)
+    out = run_ok(*args, "-n", 3, "--seed", 3, "--outdir", tmp_path / "out")
+    assert len(out["images"]) == 3
+    expected = ["clip", "decoder", "sr256", "sr256_last", "text_proj"] + ([] if verb == "vary" else ["prior"])
+    assert sorted(loads) == sorted(expected), loads
+
+
 def test_generate_1024(home, tmp_path):
     out = run_ok("generate", "a dot", "--size", 1024, "--seed", 3, "--prior-steps", 1, "--decoder-steps", 1,
                  "--sr-steps", 1, "--outdir", tmp_path)

@@ -522,7 +522,7 @@ def test_generate_cli_matches_unclip_pipeline(t2i, tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     paths = [p["path"] for p in json.loads(r.stdout.strip().splitlines()[-1])["images"]]
     mine = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
-    # the CLI runs image i as a batch of one with seed 21 + i (commands.one_by_one): so does the reference
+    # the CLI runs image i as a batch of one with seed 21 + i (pipeline one_by_one): so does the reference
     ref = np.concatenate([_reference(root, parts, "generate", PROMPTS[1:], 21 + i, (4, 3, 2)) for i in range(2)])
     diff = np.abs(mine.astype(int) - ref.astype(int)).max()
     MEASURED["generate via CLI seed=21 n=2 steps=(4, 3, 2) (uint8 levels)"] = diff

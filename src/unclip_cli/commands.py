@@ -16,7 +16,7 @@ def generate(prompt: str, args: RunArgs) -> list[Path]:
     warn_truncated(stages, prompt)
     progress = StageProgress(quiet())
     with progress.progress:
-        x = one_by_one(seeds, lambda g: pipeline.generate(stages, [prompt], opts, g, progress))
+        x = pipeline.generate(stages, [prompt], opts, generators(seeds), progress, one_by_one=True)
     return write_outputs(images.to_pil(x), seeds, args, stages, opts, "generate", prompt, progress.timings)
 
 
@@ -25,7 +25,7 @@ def vary(image_path: Path, args: RunArgs) -> list[Path]:
     stages, opts, seeds, _ = prepare(args)
     progress = StageProgress(quiet())
     with progress.progress:
-        x = one_by_one(seeds, lambda g: pipeline.vary(stages, [image], opts, g, progress))
+        x = pipeline.vary(stages, [image], opts, generators(seeds), progress, one_by_one=True)
     return write_outputs(images.to_pil(x), seeds, args, stages, opts, "vary", "", progress.timings,
                          {"source": str(image_path)})
 
@@ -42,20 +42,10 @@ def edit(image_path: Path, mask_path: Path | None, prompt: str, args: RunArgs) -
     m = torch.from_numpy(np.asarray(m) > 0)[None, None]
     progress = StageProgress(quiet())
     with progress.progress:
-        out = one_by_one(seeds, lambda g: pipeline.edit(stages, x, m, [prompt], opts, g, progress))
+        out = pipeline.edit(stages, x, m, [prompt], opts, generators(seeds), progress, one_by_one=True)
     results = [composite(image, g, edit_mask) for g in images.to_pil(out)]
     return write_outputs(results, seeds, args, stages, opts, "edit", prompt, progress.timings,
                          {"source": str(image_path), "mask": str(mask_path) if mask_path else "alpha"})
-
-
-def one_by_one(seeds: list[int], run) -> torch.Tensor:
-    """Run the pipeline once per image, as a batch of one with that image's generator.
-
-    Batched kernels round differently from a batch of one, so a batched run would make image i of
-    `-n N --seed S` differ (slightly, then visibly after guidance) from a single run with `--seed S+i`.
-    Stages are reloaded per image when they are released between stages; peak memory is unchanged.
-    """
-    return torch.cat([run(generators([s])) for s in seeds])
 
 
 def composite(original: Image.Image, generated: Image.Image, edit_mask: np.ndarray) -> Image.Image:

@@ -8,6 +8,7 @@ prior steps, decoder init, decoder steps, upsampler init, upsampler steps.
 
 import json
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +50,7 @@ class Stages:
         self.keep_loaded = keep_loaded
         self._loaded: dict[str, object] = {}
         self.tokenizer: clip.Tokenizer | None = None
+        self._deferred: set[str] | None = None  # releases put off by holding()
 
     def has(self, stage: str) -> bool:
         return stage in self.paths
@@ -88,7 +90,20 @@ class Stages:
             self._loaded[stage] = module
         return self._loaded[stage]
 
+    @contextmanager
+    def holding(self):
+        """Defer releases to the end of the block (to loop over images inside one load of a stage)."""
+        outer, self._deferred = self._deferred, set()
+        try:
+            yield
+        finally:
+            names, self._deferred = self._deferred, outer
+            self.release(*names)
+
     def release(self, *names: str) -> None:
+        if self._deferred is not None:
+            self._deferred.update(names)
+            return
         if self.keep_loaded:
             return
         for n in names:  # dropping the last reference frees the weights (no gc pass needed)
@@ -258,39 +273,64 @@ def _keep_known(schedule, known, gens):
     return post
 
 
-def upsample_all(stages: Stages, x64, opts: Options, gens, report: Report = _noop, known_at=None):
+def _looper(stages: Stages, gens, one_by_one: bool):
+    """How a verb runs each stage: loop(f) with f(i, gens_i) -> output rows i.
+
+    Batched: one call over the whole batch (i = every row). One by one: a call per generator, as a
+    batch of one (so image k is bit-identical to a run with generator k alone: batched kernels round
+    differently), all inside one load of the stage.
+    """
+    if not one_by_one:
+        return lambda f: f(slice(None), gens)
+
+    def loop(f):
+        with stages.holding():
+            return torch.cat([f(slice(k, k + 1), [g]) for k, g in enumerate(gens)])
+
+    return loop
+
+
+def upsample_all(stages: Stages, x64, opts: Options, gens, report: Report = _noop, known_at=None, loop=None):
     """Run the upsamplers needed to reach opts.size. known_at(size) -> (image, keep) for edits."""
+    loop = loop or _looper(stages, gens, False)
     x = x64
     for name, size in (("sr256", 256), ("sr1024", 1024)):
         if opts.size >= size:
-            x = upsample_stage(stages, name, x, size, opts, gens, report, known_at(size) if known_at else None)
+            known = known_at(size) if known_at else None
+            x = loop(lambda i, g, x=x, name=name, size=size, known=known:
+                     upsample_stage(stages, name, x[i], size, opts, g, report, known))
     return x
 
 
 # Verbs ------------------------------------------------------------------------------------
+# Each verb takes one generator per image. Batched (default): prompts/images give one row per image.
+# one_by_one=True: one prompt or image, and every generator makes its own image (see _looper).
 
 
-def generate(stages: Stages, prompts: list[str], opts: Options, gens, report: Report = _noop):
-    """One image per prompt (repeat prompts for several images). Returns [B, 3, size, size]."""
+def generate(stages: Stages, prompts: list[str], opts: Options, gens, report: Report = _noop, *,
+             one_by_one: bool = False):
+    """Images [B, 3, size, size] for prompts (one per generator)."""
     text, _ = encode_text(stages, prompts)
     uncond, _ = encode_text(stages, [""] * len(prompts))
     stages.release("clip")
-    image_embed = prior_stage(stages, text, uncond, opts, gens, report)
-    x = decoder_stage(stages, image_embed, text, uncond, opts, gens, report)
-    return upsample_all(stages, x, opts, gens, report)
+    loop = _looper(stages, gens, one_by_one)
+    image_embed = loop(lambda i, g: prior_stage(stages, text, uncond, opts, g, report))
+    x = loop(lambda i, g: decoder_stage(stages, image_embed[i], text, uncond, opts, g, report))
+    return upsample_all(stages, x, opts, gens, report, loop=loop)
 
 
-def vary(stages: Stages, images, opts: Options, gens, report: Report = _noop):
+def vary(stages: Stages, images, opts: Options, gens, report: Report = _noop, *, one_by_one: bool = False):
     """Variations: each image's CLIP embedding goes to the decoder with an empty caption."""
     image_embed = encode_images(stages, images)
     text, _ = encode_text(stages, [""] * len(images))
     stages.release("clip")
-    x = decoder_stage(stages, image_embed, text, text, opts, gens, report)
-    return upsample_all(stages, x, opts, gens, report)
+    loop = _looper(stages, gens, one_by_one)
+    x = loop(lambda i, g: decoder_stage(stages, image_embed, text, text, opts, g, report))
+    return upsample_all(stages, x, opts, gens, report, loop=loop)
 
 
 def edit(stages: Stages, image: torch.Tensor, edit_mask: torch.Tensor, prompts: list[str], opts: Options, gens,
-         report: Report = _noop):
+         report: Report = _noop, *, one_by_one: bool = False):
     """Regenerate the masked area. image: [B, 3, S, S] in [-1, 1] at opts.size; edit_mask: [B, 1, S, S] bool.
 
     The mask is carried down to each stage's resolution by max-pooling (a low-res pixel is edited
@@ -307,6 +347,8 @@ def edit(stages: Stages, image: torch.Tensor, edit_mask: torch.Tensor, prompts: 
     text, _ = encode_text(stages, prompts)
     uncond, _ = encode_text(stages, [""] * len(prompts))
     stages.release("clip")
-    image_embed = prior_stage(stages, text, uncond, opts, gens, report)
-    x = decoder_stage(stages, image_embed, text, uncond, opts, gens, report, known_at(stages.decoder_size()))
-    return upsample_all(stages, x, opts, gens, report, known_at)
+    loop = _looper(stages, gens, one_by_one)
+    image_embed = loop(lambda i, g: prior_stage(stages, text, uncond, opts, g, report))
+    known = known_at(stages.decoder_size())
+    x = loop(lambda i, g: decoder_stage(stages, image_embed[i], text, uncond, opts, g, report, known))
+    return upsample_all(stages, x, opts, gens, report, known_at, loop=loop)
