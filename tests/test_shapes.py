@@ -358,3 +358,27 @@ def test_load_folder_errors(tmp_path):
     (d / "x.txt").write_text("  \n")
     with pytest.raises(ValueError, match="empty"):
         S.load_folder(d)
+
+
+def test_hard_negative_changes_exactly_one_binding():
+    rng = np.random.default_rng(0)
+    kinds = set()
+    for scene in scenes(5, 300):
+        neg = S.hard_negative(scene.caption, rng)
+        a, b = S.canonical(scene.caption), S.canonical(neg)
+        assert neg != scene.caption and len(a["objects"]) == len(b["objects"])
+        strip = lambda spec: [(o["color"], o["shape"]) for o in spec["objects"]]  # noqa: E731
+        if a["relation"] is None:
+            (c1, s1), (c2, s2) = strip(a)[0], strip(b)[0]
+            assert (c1 != c2) + (s1 != s2) == 1
+            kinds.add("one")
+        elif a["relation"] != b["relation"]:
+            assert b["relation"] == S.INVERSE[a["relation"]] and strip(a) == strip(b)
+            kinds.add("relation")
+        else:  # colours or shapes swapped between the two objects: the same multiset, other binding
+            assert strip(a) != strip(b)
+            assert sorted(o["color"] for o in a["objects"]) == sorted(o["color"] for o in b["objects"])
+            assert sorted(o["shape"] for o in a["objects"]) == sorted(o["shape"] for o in b["objects"])
+            kinds.add("swap")
+    assert kinds == {"one", "relation", "swap"}
+    assert S.hard_negative("a photo of a dog", rng) is None

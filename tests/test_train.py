@@ -147,3 +147,19 @@ def test_ddp_two_cpu_processes_keep_replicas_identical(workdir, clip_ckpt, tmp_p
     assert not torch.equal(r0["unet.conv_in.weight"], single["model.unet.conv_in.weight"])
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == 3
+
+
+def test_clip_hard_negatives_add_texts_and_train(workdir):
+    from unclip_cli import tasks
+
+    raw = {"model": tiny.CLIP, "data": {"folder": str(workdir / "data")}, "contrastive": {"hard_negatives": True}}
+    task = tasks.make("clip", raw, workdir, train.Dist())
+    b = task.batch(6, torch.Generator().manual_seed(0))
+    assert b["pixels"].shape[0] == 6 and b["ids"].shape[0] == 12  # every shapes caption brings one negative
+    out = task.loss(task.module, b, None)
+    assert torch.isfinite(out["loss"])
+    cfg = write_toml(workdir / "clip_neg.toml", {"model": tiny.CLIP, "data": {"folder": str(workdir / "data")},
+                                                 "train": TRAIN, "contrastive": {"hard_negatives": True}})
+    out_dir = train.run("clip", cfg, workdir / "clip_neg")
+    log = [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3] and all(torch.isfinite(torch.tensor(r["loss"])) for r in log)

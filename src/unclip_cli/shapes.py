@@ -155,6 +155,34 @@ def make_caption(spec: dict, phrase: str | None = None) -> str:
     return f"{words[0]} {phrase} {words[1]}"
 
 
+def hard_negative(caption: str, rng) -> str | None:
+    """A caption that differs from `caption` in one attribute binding, for contrastive training.
+
+    Two objects: the inverse relation with the objects in the same order, or the two colours (or
+    shapes) swapped between the objects. One object: another colour or shape. None for captions
+    outside the grammar. Without such negatives a batch rarely holds two captions that differ only
+    in the relation, and CLIP learns to ignore word order (as the paper's CLIP does).
+    """
+    try:
+        spec = canonical(caption)
+    except ValueError:
+        return None
+    rng = _as_rng(rng)
+    objs = [dict(o) for o in spec["objects"]]
+    if len(objs) == 1:
+        key = _pick(rng, ("color", "shape"))
+        objs[0][key] = _pick(rng, [v for v in (COLORS if key == "color" else SHAPES) if v != objs[0][key]])
+        return make_caption({"objects": objs, "relation": None})
+    options = ["relation"] + [k for k in ("color", "shape") if objs[0][k] != objs[1][k]]
+    key = _pick(rng, options)
+    relation = spec["relation"]
+    if key == "relation":
+        relation = INVERSE[relation]
+    else:
+        objs[0][key], objs[1][key] = objs[1][key], objs[0][key]
+    return make_caption({"objects": objs, "relation": relation})
+
+
 # ----------------------------------------------------------------------------- sampling
 
 

@@ -62,7 +62,12 @@ class ClipTask(Task):
         self.module = clip.build_model(self.config)
         size = clip.image_size(self.module)
         self.images, captions = load_images(raw["data"]["folder"], size, raw["data"].get("limit"))
-        self.ids, _, _ = clip.Tokenizer(self.module.positional_embedding.shape[0])(captions)
+        self.tokenize = clip.Tokenizer(self.module.positional_embedding.shape[0])
+        self.captions = captions
+        self.ids, _, _ = self.tokenize(captions)
+        # [contrastive] hard_negatives = true: each shapes-world caption also brings a caption that
+        # differs only in one binding (shapes.hard_negative) as an extra negative text for its image.
+        self.hard_negatives = bool(raw.get("contrastive", {}).get("hard_negatives", False))
         self.mean = torch.tensor(clip.OPENAI_MEAN)[:, None, None]
         self.std = torch.tensor(clip.OPENAI_STD)[:, None, None]
         self.device = d.device
@@ -70,15 +75,25 @@ class ClipTask(Task):
     def batch(self, n: int, gen) -> dict:
         idx = torch.randint(0, len(self.images), (n,), generator=gen)
         pix = (self.images[idx].float() / 255.0 - self.mean) / self.std
-        return {"pixels": pix.to(self.device), "ids": self.ids[idx].to(self.device)}
+        ids = self.ids[idx]
+        if self.hard_negatives:
+            from unclip_cli import shapes
+
+            rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=gen)))
+            negs = [c for c in (shapes.hard_negative(self.captions[i], rng) for i in idx.tolist()) if c is not None]
+            if negs:
+                ids = torch.cat([ids, self.tokenize(negs)[0]])
+        return {"pixels": pix.to(self.device), "ids": ids.to(self.device)}
 
     def loss(self, net, batch: dict, gen) -> dict:
-        from open_clip.loss import ClipLoss
-
+        """Symmetric InfoNCE (CLIP's loss); extra texts past the batch are negatives for every image."""
         img, txt, scale = net(batch["pixels"], batch["ids"])[:3]
-        loss = ClipLoss()(img, txt, scale)
+        labels = torch.arange(len(img), device=img.device)
+        per_image = scale * img @ txt.T  # [B, B + negatives]
+        per_text = scale * txt[:len(img)] @ img.T
+        loss = (F.cross_entropy(per_image, labels) + F.cross_entropy(per_text, labels)) / 2
         with torch.no_grad():
-            acc = ((img @ txt.T).argmax(dim=1) == torch.arange(len(img), device=img.device)).float().mean()
+            acc = (per_image.argmax(dim=1) == labels).float().mean()
         return {"loss": loss, "i2t_acc": acc}
 
     def after_step(self, model) -> None:
