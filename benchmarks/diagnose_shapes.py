@@ -1,0 +1,79 @@
+"""Where do the `shapes` model's caption errors come from? CLIP, the prior, or the decoder.
+
+Usage: python benchmarks/diagnose_shapes.py [--model shapes] [--per-prompt 8] [--relations 300]
+On true renders of the held-out prompts (shapes.scene_from_caption, seeded):
+1. CLIP retrieval: is each render's embedding closest to its own prompt's among the 24 prompts?
+2. Prior: is the prior's embedding for a prompt nearest to a render of that same prompt?
+3. Decoder alone: fed the renders' *true* CLIP image embeddings (and captions), judged at its size.
+4. Relations in CLIP: for two-object renders, the right relation among the four, and "A rel B" vs "B rel A".
+Prints one JSON object.
+"""
+
+import argparse
+import json
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from unclip_cli import images, judge, pipeline, shapes
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="shapes")
+    ap.add_argument("--per-prompt", type=int, default=8)
+    ap.add_argument("--relations", type=int, default=300)
+    ap.add_argument("--guidance", type=float, default=3.0)
+    args = ap.parse_args()
+    stages, _ = pipeline.open_model(args.model, "cpu", torch.float32, None, keep_loaded=True)
+    size = stages.decoder_size()
+    opts = pipeline.Options(size=size, decoder_guidance=args.guidance, prior_guidance=3.0)
+    prompts = [p for p, _ in shapes.heldout_prompts()]
+    rng = np.random.default_rng(0)
+    caps = [p for p in prompts for _ in range(args.per_prompt)]
+    renders = [shapes.render(shapes.scene_from_caption(p, rng), 256) for p in caps]
+    emb = F.normalize(pipeline.encode_images(stages, renders), dim=-1)
+    text, _ = pipeline.encode_text(stages, prompts)
+    retrieval = np.mean([prompts[j] == c for j, c in zip((emb @ F.normalize(text.embed, dim=-1).T).argmax(1).tolist(), caps)])
+
+    gens = [torch.Generator().manual_seed(i) for i in range(len(caps))]
+    t, _ = pipeline.encode_text(stages, caps)
+    u, _ = pipeline.encode_text(stages, [""] * len(caps))
+    prior_emb = F.normalize(pipeline.prior_stage(stages, t, u, opts, gens), dim=-1)
+    prior_nn = np.mean([caps[j] == c for j, c in zip((prior_emb @ emb.T).argmax(1).tolist(), caps)])
+
+    verdicts = []
+    for k in range(0, len(caps), 64):
+        sl = slice(k, k + 64)
+        t, _ = pipeline.encode_text(stages, caps[sl])
+        u, _ = pipeline.encode_text(stages, [""] * len(caps[sl]))
+        x = pipeline.decoder_stage(stages, pipeline.encode_images(stages, renders[sl]), t, u, opts, gens[sl])
+        verdicts += [judge.judge(im, c) for im, c in zip(images.to_pil(x), caps[sl])]
+
+    rel_ok = order_ok = 0
+    rrng = np.random.default_rng(1)
+    for _ in range(args.relations):
+        sc = shapes.sample_scene(rrng, two_objects_prob=1.0)
+        a, b = sc.objects
+        cap = lambda r, x, y: f"a {x.color} {x.shape} {r} a {y.color} {y.shape}"  # noqa: E731
+        cands = [cap(r, a, b) for r in shapes.RELATIONS] + [cap(sc.relation, b, a)]
+        e = F.normalize(pipeline.encode_images(stages, [shapes.render(sc, 256)]), dim=-1)
+        tt, _ = pipeline.encode_text(stages, cands)
+        s = (e @ F.normalize(tt.embed, dim=-1).T)[0]
+        truth = shapes.RELATIONS.index(sc.relation)
+        rel_ok += int(s[:4].argmax()) == truth
+        order_ok += bool(s[truth] > s[4])
+
+    print(json.dumps({
+        "model": args.model, "decoder_size": size, "per_prompt": args.per_prompt,
+        "clip_retrieval_top1_of_24": round(float(retrieval), 4),
+        "prior_nearest_render_same_prompt": round(float(prior_nn), 4),
+        "decoder_from_true_embeddings": judge.summarize(verdicts),
+        "clip_relation_top1_of_4": round(rel_ok / args.relations, 4) if args.relations else None,
+        "clip_order_a_rel_b_vs_b_rel_a": round(order_ok / args.relations, 4) if args.relations else None,
+    }, indent=1))
+
+
+if __name__ == "__main__":
+    main()
