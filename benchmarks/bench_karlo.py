@@ -41,6 +41,8 @@ from pathlib import Path
 
 import torch
 
+from unclip_cli.karlo import HUB_SCHEDULERS
+
 # Karlo v1 alpha's config.json values (shared/reference/karlo.md sec. 1.2), as the 0.11-era hub files spell them.
 FULL = {
     "prior": {"_class_name": "PriorTransformer", "_diffusers_version": "0.11.0.dev0", "num_attention_heads": 32,
@@ -90,14 +92,6 @@ REDUCED = {
     "text_proj": {**FULL["text_proj"], "clip_embeddings_dim": 256, "cross_attention_dim": 256, "time_embed_dim": 256},
     "text_encoder": {**FULL["text_encoder"], "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
                      "intermediate_size": 1024, "projection_dim": 256},
-}
-SCHEDULERS = {  # Karlo's scheduler_config.json values
-    "prior_scheduler": dict(variance_type="fixed_small_log", prediction_type="sample", clip_sample=True,
-                            clip_sample_range=5.0, num_train_timesteps=1000),
-    "decoder_scheduler": dict(variance_type="learned_range", prediction_type="epsilon", clip_sample=True,
-                              clip_sample_range=1.0, num_train_timesteps=1000),
-    "super_res_scheduler": dict(variance_type="fixed_small_log", prediction_type="epsilon", clip_sample=True,
-                                clip_sample_range=1.0, num_train_timesteps=1000),
 }
 # unclip stage <- hub folder, and the file the hub keeps its weights in
 STAGES = {"clip": "text_encoder", "prior": "prior", "text_proj": "text_proj", "decoder": "decoder",
@@ -230,7 +224,7 @@ def make(root: Path, reduced: bool, seed: int = 0) -> dict:
         index[folder] = [library, cfg.get("_class_name") or cfg["architectures"][0]]
         print(f"  {folder}: {sum(math.prod(s) for s, _ in shapes.values()) / 1e6:.1f} M parameters, "
               f"{sizes[folder] / 1e9:.3f} GB", file=sys.stderr)
-    for name, cfg in SCHEDULERS.items():
+    for name, cfg in HUB_SCHEDULERS.items():
         (root / name).mkdir(exist_ok=True)
         (root / name / "scheduler_config.json").write_text(
             json.dumps({"_class_name": "UnCLIPScheduler", "_diffusers_version": "0.11.0.dev0", **cfg}, indent=2))
@@ -320,7 +314,7 @@ def run_diffusers(root: Path, generate: bool, steps: str) -> dict:
     out["load_total_s"] = round(sum(c["load_s"] for c in out["components"].values()), 3)
     if generate:
         p, d, s = _steps(steps)
-        scheds = {n: diffusers.UnCLIPScheduler(**cfg) for n, cfg in SCHEDULERS.items()}
+        scheds = {n: diffusers.UnCLIPScheduler(**cfg) for n, cfg in HUB_SCHEDULERS.items()}
         pipe = UnCLIPPipeline(tokenizer=CLIPTokenizer.from_pretrained(root / "tokenizer"), **parts, **scheds)
         pipe.set_progress_bar_config(disable=True)
         t = time.perf_counter()

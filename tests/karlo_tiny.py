@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from unclip_cli.karlo import HUB_SCHEDULERS
+
 KARLO = {
     "prior": {"_class_name": "PriorTransformer", "_diffusers_version": "0.11.0.dev0", "num_attention_heads": 32,
               "attention_head_dim": 64, "num_layers": 20, "embedding_dim": 768, "num_embeddings": 77,
@@ -72,14 +74,6 @@ TINY = {
                       "hidden_size": 48, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 96,
                       "image_size": 224, "patch_size": 32, "hidden_act": "quick_gelu", "projection_dim": 32,
                       "layer_norm_eps": 1e-05},
-}
-SCHEDULERS = {  # Karlo's scheduler_config.json values
-    "prior_scheduler": dict(variance_type="fixed_small_log", prediction_type="sample", clip_sample=True,
-                            clip_sample_range=5.0, num_train_timesteps=1000),
-    "decoder_scheduler": dict(variance_type="learned_range", prediction_type="epsilon", clip_sample=True,
-                              clip_sample_range=1.0, num_train_timesteps=1000),
-    "super_res_scheduler": dict(variance_type="fixed_small_log", prediction_type="epsilon", clip_sample=True,
-                                clip_sample_range=1.0, num_train_timesteps=1000),
 }
 DIFFUSERS_CLASS = {"prior": "PriorTransformer", "decoder": "UNet2DConditionModel", "super_res_first": "UNet2DModel",
                    "super_res_last": "UNet2DModel", "text_proj": "UnCLIPTextProjModel"}
@@ -164,7 +158,7 @@ def write_folder(root: Path, *, variations: bool = False, seed: int = 0) -> dict
     if variations:
         parts["feature_extractor"] = image_processor()
     parts["tokenizer"] = tokenizer()
-    for name, cfg in SCHEDULERS.items():
+    for name, cfg in HUB_SCHEDULERS.items():
         if name != "prior_scheduler" or not variations:
             parts[name] = UnCLIPScheduler(**cfg)
     index = {"_class_name": "UnCLIPImageVariationPipeline" if variations else "UnCLIPPipeline",

@@ -58,33 +58,31 @@ def test_judge_attributes_per_caption_kind():
     assert d == {("red", "square"), ("blue", "circle")}
 
 
-def test_judge_rejects_wrong_color():
-    for s in scenes(1, 150):
-        spec = with_sizes(s)
-        used = {o.color for o in s.objects}
-        wrong = next(c for c in S.COLORS if c not in used)
-        r = J.judge(S.render(s, 64), S.make_caption(edited(spec, 0, color=wrong)))
-        assert r["color"] is False and r["all"] is False, s.caption
-        assert r["shape"] is True and r["size"] is True and r["count"] is True
+def _wrong_color(s):
+    used = {o.color for o in s.objects}
+    return 0, {"color": next(c for c in S.COLORS if c not in used)}
 
 
-def test_judge_rejects_wrong_shape():
-    for s in scenes(2, 150):
-        spec = with_sizes(s)
-        wrong = next(h for h in S.SHAPES if h != s.objects[0].shape)
-        r = J.judge(S.render(s, 64), S.make_caption(edited(spec, 0, shape=wrong)))
-        assert r["shape"] is False and r["all"] is False, s.caption
-        assert r["color"] is True and r["size"] is True and r["count"] is True
+def _wrong_shape(s):
+    return 0, {"shape": next(h for h in S.SHAPES if h != s.objects[0].shape)}
 
 
-def test_judge_rejects_wrong_size():
-    for s in scenes(3, 150):
-        spec = with_sizes(s)
-        i = len(s.objects) - 1
-        wrong = "small" if s.objects[i].size == "large" else "large"
-        r = J.judge(S.render(s, 64), S.make_caption(edited(spec, i, size=wrong)))
-        assert r["size"] is False and r["all"] is False, s.caption
-        assert r["color"] is True and r["shape"] is True
+def _wrong_size(s):
+    i = len(s.objects) - 1
+    return i, {"size": "small" if s.objects[i].size == "large" else "large"}
+
+
+@pytest.mark.parametrize("attr,seed,wrong,still_right", [
+    ("color", 1, _wrong_color, ("shape", "size", "count")),
+    ("shape", 2, _wrong_shape, ("color", "size", "count")),
+    ("size", 3, _wrong_size, ("color", "shape")),
+])
+def test_judge_rejects_one_wrong_attribute(attr, seed, wrong, still_right):
+    for s in scenes(seed, 150):
+        i, change = wrong(s)
+        r = J.judge(S.render(s, 64), S.make_caption(edited(with_sizes(s), i, **change)))
+        assert r[attr] is False and r["all"] is False, s.caption
+        assert all(r[a] is True for a in still_right), (s.caption, r)
 
 
 @pytest.mark.parametrize("size", [64, 256])

@@ -509,19 +509,23 @@ def test_generate_matches_unclip_pipeline(t2i, seed, prompts, steps):
     assert diff <= 1
 
 
-def test_generate_cli_matches_unclip_pipeline(t2i, tmp_path, monkeypatch):
+def _cli_images(args: list, monkeypatch) -> np.ndarray:
+    """Run the CLI (CPU, fp32, --json) and return the images it wrote as uint8 [N, H, W, 3]."""
     from typer.testing import CliRunner
 
     from unclip_cli.cli import app
 
-    root, parts = t2i
     monkeypatch.setenv("UNCLIP_QUIET", "1")
-    args = ["generate", PROMPTS[1], "--model", root, "--seed", 21, "-n", 2, "--prior-steps", 4, "--decoder-steps", 3,
-            "--sr-steps", 2, "--device", "cpu", "--dtype", "fp32", "--outdir", tmp_path, "--json"]
-    r = CliRunner().invoke(app, [str(a) for a in args])
+    r = CliRunner().invoke(app, [str(a) for a in [*args, "--device", "cpu", "--dtype", "fp32", "--json"]])
     assert r.exit_code == 0, r.output
     paths = [p["path"] for p in json.loads(r.stdout.strip().splitlines()[-1])["images"]]
-    mine = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+    return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+
+
+def test_generate_cli_matches_unclip_pipeline(t2i, tmp_path, monkeypatch):
+    root, parts = t2i
+    mine = _cli_images(["generate", PROMPTS[1], "--model", root, "--seed", 21, "-n", 2, "--prior-steps", 4,
+                        "--decoder-steps", 3, "--sr-steps", 2, "--outdir", tmp_path], monkeypatch)
     # the CLI runs image i as a batch of one with seed 21 + i (pipeline one_by_one): so does the reference
     ref = np.concatenate([_reference(root, parts, "generate", PROMPTS[1:], 21 + i, (4, 3, 2)) for i in range(2)])
     diff = np.abs(mine.astype(int) - ref.astype(int)).max()
@@ -566,18 +570,10 @@ def test_vary_matches_image_variation_pipeline(i2i, seed, sources, steps):
 
 
 def test_vary_cli_matches_image_variation_pipeline(i2i, tmp_path, monkeypatch):
-    from typer.testing import CliRunner
-
-    from unclip_cli.cli import app
-
     root, parts = i2i
     SOURCES[1].save(tmp_path / "source.png")
-    monkeypatch.setenv("UNCLIP_QUIET", "1")
-    args = ["vary", tmp_path / "source.png", "--model", root, "--seed", 5, "--decoder-steps", 3, "--sr-steps", 2,
-            "--device", "cpu", "--dtype", "fp32", "--outdir", tmp_path / "out", "--json"]
-    r = CliRunner().invoke(app, [str(a) for a in args])
-    assert r.exit_code == 0, r.output
-    mine = np.asarray(Image.open(json.loads(r.stdout.strip().splitlines()[-1])["images"][0]["path"]).convert("RGB"))
+    mine = _cli_images(["vary", tmp_path / "source.png", "--model", root, "--seed", 5, "--decoder-steps", 3,
+                        "--sr-steps", 2, "--outdir", tmp_path / "out"], monkeypatch)[0]
     ref = _reference(root, parts, "vary", SOURCES[1:], 5, (None, 3, 2))[0]
     diff = np.abs(mine.astype(int) - ref.astype(int)).max()
     MEASURED["vary via CLI seed=5 steps=(3, 2) (uint8 levels)"] = diff

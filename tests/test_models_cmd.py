@@ -209,6 +209,29 @@ def test_unpinned_file_works_and_is_reported_once(hub_model: HubModel) -> None:
     assert "sha256 not pinned" in again.stderr
 
 
+@pytest.mark.parametrize("old,new,expect", [
+    (f'repo = "{REPO}"', 'repo = "unclip-test/no-such-repo"', "repository unclip-test/no-such-repo is not on"),
+    (f'revision = "{COMMIT}"', f'revision = "{"ab" * 20}"', f"commit {'ab' * 20} is not in {REPO}"),
+    (f'filename = "{STAGE_FILES["prior"]}"', 'filename = "prior/missing.safetensors"',
+     "prior/missing.safetensors is not in"),
+])
+def test_wrong_registry_entry_names_the_fix(hub_model: HubModel, old: str, new: str, expect: str) -> None:
+    toml = hub_model.home / "weights.toml"
+    toml.write_text(toml.read_text().replace(old, new))
+    r = cli("models", "pull", MODEL)
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    assert r.exit_code == 1 and len(errors) == 1 and "Traceback" not in r.output, r.stderr
+    assert expect in errors[0] and "weights.toml" in errors[0], errors[0]
+
+
+def test_hub_server_error_says_try_later(hub_model: HubModel) -> None:
+    hub_model.hub.fail_next(503, times=50)
+    r = cli("models", "pull", MODEL)
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    assert r.exit_code == 1 and len(errors) == 1 and "Traceback" not in r.output, r.stderr
+    assert "answered HTTP 503 (try again later)" in errors[0], errors[0]
+
+
 # no Hub ---------------------------------------------------------------------------------------------------------
 def _one_line_error(r) -> str:
     lines = r.stderr.strip().splitlines()

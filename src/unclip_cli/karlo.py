@@ -285,7 +285,17 @@ def build_stage(stage: str, weights_path, config_path, device, dtype) -> torch.n
 
 _SCHED_DEFAULT = dict(_class_name="UnCLIPScheduler", beta_schedule="squaredcos_cap_v2", variance_type="fixed_small_log",
                       prediction_type="epsilon", clip_sample=True, clip_sample_range=1.0)
-# What our pipeline does in each stage (pipeline.prior_stage / decoder_stage / upsample_stage).
+# Karlo's scheduler_config.json values (what the Hub ships; tests and benchmarks write these).
+HUB_SCHEDULERS = {
+    "prior_scheduler": dict(variance_type="fixed_small_log", prediction_type="sample", clip_sample=True,
+                            clip_sample_range=5.0, num_train_timesteps=1000),
+    "decoder_scheduler": dict(variance_type="learned_range", prediction_type="epsilon", clip_sample=True,
+                              clip_sample_range=1.0, num_train_timesteps=1000),
+    "super_res_scheduler": dict(variance_type="fixed_small_log", prediction_type="epsilon", clip_sample=True,
+                                clip_sample_range=1.0, num_train_timesteps=1000),
+}
+# What our pipeline does in each stage (pipeline.prior_stage / decoder_stage / upsample_stage): a folder whose
+# scheduler_config.json asks for anything else is refused when it is loaded.
 SCHEDULERS = {
     "prior_scheduler": dict(prediction_type="sample", variance_type="fixed_small_log"),
     "decoder_scheduler": dict(prediction_type="epsilon", variance_type="learned_range", clip_sample=True,

@@ -302,6 +302,30 @@ def _not_available(src: Source, what: str, model: str, reason: str) -> UnclipErr
                        + OFFLINE_HINT.format(model=model or "MODEL"))
 
 
+# Hub answers that mean weights.toml or the user's login is wrong, most specific class first
+# (GatedRepoError is a RepositoryNotFoundError; all are HfHubHTTPError).
+_HUB_ANSWERS = (
+    ("GatedRepoError", "{repo} is gated on the Hugging Face Hub; accept its terms on the website and log in "
+                       "(`hf auth login`), then retry"),
+    ("RepositoryNotFoundError", "repository {repo} is not on the Hugging Face Hub (or is private: log in with "
+                                "`hf auth login`); check weights.toml"),
+    ("RevisionNotFoundError", "commit {revision} is not in {repo} on the Hugging Face Hub; check `revision` in "
+                              "weights.toml"),
+    ("RemoteEntryNotFoundError", "{filename} is not in {repo} at commit {short}; check `filename` in weights.toml"),
+)
+
+
+def _hub_error(e, src: Source, what: str, model: str) -> UnclipError:
+    from huggingface_hub import errors as hub_errors
+
+    for name, message in _HUB_ANSWERS:
+        if isinstance(e, getattr(hub_errors, name)):
+            return UnclipError(f"{what}: " + message.format(repo=src.repo, revision=src.revision,
+                                                            filename=src.filename, short=src.revision[:10]))
+    status = e.response.status_code if e.response is not None else "?"
+    return _not_available(src, what, model, f"the Hugging Face Hub answered HTTP {status} (try again later)")
+
+
 def _probe(src: Source, what: str, model: str):
     """File metadata from one HEAD request, without retries; every failure becomes one clear UnclipError."""
     import httpx2
@@ -314,21 +338,8 @@ def _probe(src: Source, what: str, model: str):
         return get_hf_file_metadata(url, timeout=timeout)
     except hub_errors.OfflineModeIsEnabled:
         raise _not_available(src, what, model, "HF_HUB_OFFLINE is set") from None
-    except hub_errors.GatedRepoError:
-        raise UnclipError(f"{what}: {src.repo} is gated on the Hugging Face Hub; accept its terms on the website "
-                          "and log in (`hf auth login`), then retry") from None
-    except hub_errors.RepositoryNotFoundError:
-        raise UnclipError(f"{what}: repository {src.repo} is not on the Hugging Face Hub (or is private: log in "
-                          "with `hf auth login`); check weights.toml") from None
-    except hub_errors.RevisionNotFoundError:
-        raise UnclipError(f"{what}: commit {src.revision} is not in {src.repo} on the Hugging Face Hub; "
-                          "check `revision` in weights.toml") from None
-    except hub_errors.RemoteEntryNotFoundError:
-        raise UnclipError(f"{what}: {src.filename} is not in {src.repo} at commit {src.revision[:10]}; "
-                          "check `filename` in weights.toml") from None
     except hub_errors.HfHubHTTPError as e:
-        status = e.response.status_code if e.response is not None else "?"
-        raise _not_available(src, what, model, f"the Hugging Face Hub answered HTTP {status} (try again later)") from None
+        raise _hub_error(e, src, what, model) from None
     except (httpx2.TransportError, OSError) as e:
         reason = f"the Hugging Face Hub ({constants.ENDPOINT}) cannot be reached ({type(e).__name__})"
         raise _not_available(src, what, model, reason) from None
