@@ -1,0 +1,52 @@
+"""The shipped `shapes` model: the default, offline, intact, and it draws what simple prompts ask for."""
+
+import hashlib
+import json
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from unclip_cli import judge, weights
+from unclip_cli.cli import app
+
+
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+    """No user registry, an empty Hugging Face cache, and the Hub switched off."""
+    monkeypatch.setenv("UNCLIP_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("UNCLIP_QUIET", "1")
+    return tmp_path
+
+
+def test_shapes_is_the_default_and_its_files_match_weights_toml(offline):
+    default, models = weights.registry()
+    assert default == "shapes"
+    spec = models["shapes"]
+    assert set(spec.stages) == {"clip", "prior", "text_proj", "decoder", "sr256", "sr1024"}
+    total = 0
+    for stage, src in spec.stages.items():
+        path = weights.fetch(src, stage, model="shapes")
+        data = path.read_bytes()
+        assert hashlib.sha256(data).hexdigest() == src.sha256, stage
+        total += len(data)
+    assert total <= 40e6  # the issue's limit for the bundled model
+
+
+@pytest.mark.parametrize("prompt,color,shape", [("a large blue square", "blue", "square"),
+                                                ("a large red circle", "red", "circle")])
+def test_default_model_generates_offline_what_the_prompt_says(offline, prompt, color, shape):
+    out = offline / "out"
+    r = CliRunner().invoke(app, ["generate", prompt, "--seed", "0", "-n", "2", "--size", "256", "-o", str(out),
+                                 "--json"])
+    assert r.exit_code == 0, r.stderr
+    images = json.loads(r.stdout.strip().splitlines()[-1])["images"]
+    assert len(images) == 2
+    for item in images:
+        with Image.open(item["path"]) as im:
+            assert im.size == (256, 256)
+            found = judge.detect(im)
+        # the trained model, not noise: exactly one object, of the asked colour and shape
+        assert [(o["color"], o["shape"]) for o in found] == [(color, shape)], (item["path"], found)
