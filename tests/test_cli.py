@@ -126,6 +126,17 @@ def test_default_size_is_the_largest_the_model_reaches(home, tmp_path):
         assert im.size == (64, 64)
 
 
+def test_size_asked_for_wins_over_the_models_default_size(home, tmp_path):
+    toml = home / "weights.toml"
+    toml.write_text(toml.read_text().replace("sr_steps = 2", "sr_steps = 2\nsize = 256", 1))
+    out = run_ok("generate", "a dot", "--seed", 3, *FAST, "--outdir", tmp_path / "default")
+    assert out["size"] == 256  # the model's default
+    out = run_ok("generate", "a dot", "--size", 64, "--seed", 3, *FAST, "--outdir", tmp_path / "asked")
+    assert out["size"] == 64 and "sr256" not in out["timings"]
+    with Image.open(out["images"][0]["path"]) as im:
+        assert im.size == (64, 64)
+
+
 # --------------------------------------------------------------------------- edit keeps unmasked pixels
 
 

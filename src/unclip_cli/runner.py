@@ -92,7 +92,9 @@ def validate(args: RunArgs) -> None:
 
 def options(args: RunArgs, spec: weights.ModelSpec, size: int) -> pipeline.Options:
     opts = pipeline.Options(size=size, sampler=args.sampler)
-    known = {k: v for k, v in spec.defaults.items() if k in pipeline.Options.__dataclass_fields__}
+    # a model's default `size` was already applied when the size was resolved (pipeline.open_model): never
+    # let it override the size asked for
+    known = {k: v for k, v in spec.defaults.items() if k in pipeline.Options.__dataclass_fields__ and k != "size"}
     opts = replace(opts, **known)
     given = {k: getattr(args, k) for k in ("prior_steps", "decoder_steps", "sr_steps", "prior_guidance",
                                            "decoder_guidance") if getattr(args, k) is not None}
