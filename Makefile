@@ -30,7 +30,7 @@ train-shapes: $(BIN)/.installed
 	test -d data/shapes-1024 || $(UNCLIP) data shapes --count 300 --out data/shapes-1024 --seed 1 --size 1024
 	$(UNCLIP) train clip -c configs/shapes/clip.toml -o runs/shapes/clip
 	$(UNCLIP) train prior -c configs/shapes/prior.toml -o runs/shapes/prior
-	$(UNCLIP) train decoder -c configs/shapes/decoder.toml -o runs/shapes/decoder
+	$(BIN)/torchrun --nproc_per_node 2 -m unclip_cli train decoder -c configs/shapes/decoder.toml -o runs/shapes/decoder
 	$(UNCLIP) train upsampler -c configs/shapes/sr256.toml -o runs/shapes/sr256
 	$(UNCLIP) train upsampler -c configs/shapes/sr1024.toml -o runs/shapes/sr1024
 	$(BIN)/python scripts/bundle_shapes.py runs/shapes
