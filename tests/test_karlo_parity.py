@@ -491,6 +491,13 @@ def _reference(root, parts, verb, inputs, seed, steps, encoder="ours"):
     return _REFS[key]
 
 
+def _assert_within_one_level(mine: np.ndarray, ref: np.ndarray, label: str) -> None:
+    """Our uint8 images equal the reference's to one level (rounding); the max difference is recorded."""
+    diff = np.abs(mine.astype(int) - ref.astype(int)).max()
+    MEASURED[label] = diff
+    assert diff <= 1
+
+
 GENERATE = [  # seed, prompts, (prior, decoder, sr) steps
     (0, PROMPTS[:1], (25, 25, 7)),  # Karlo's defaults
     (1234, PROMPTS, (6, 5, 3)),  # a batch of two different prompts
@@ -504,9 +511,7 @@ def test_generate_matches_unclip_pipeline(t2i, seed, prompts, steps):
     mine, ref = _ours(root, "generate", prompts, seed, steps), _reference(root, parts, "generate", prompts, seed, steps)
     assert mine.shape == ref.shape == (len(prompts), 256, 256, 3)
     assert 0.1 < ((ref == 0) | (ref == 255)).mean() < 0.9 and ref.std() > 20  # a non-degenerate image
-    diff = np.abs(mine.astype(int) - ref.astype(int)).max()
-    MEASURED[f"generate seed={seed} B={len(prompts)} steps={steps} (uint8 levels)"] = diff
-    assert diff <= 1
+    _assert_within_one_level(mine, ref, f"generate seed={seed} B={len(prompts)} steps={steps} (uint8 levels)")
 
 
 def _cli_images(args: list, monkeypatch) -> np.ndarray:
@@ -528,9 +533,7 @@ def test_generate_cli_matches_unclip_pipeline(t2i, tmp_path, monkeypatch):
                         "--decoder-steps", 3, "--sr-steps", 2, "--outdir", tmp_path], monkeypatch)
     # the CLI runs image i as a batch of one with seed 21 + i (pipeline one_by_one): so does the reference
     ref = np.concatenate([_reference(root, parts, "generate", PROMPTS[1:], 21 + i, (4, 3, 2)) for i in range(2)])
-    diff = np.abs(mine.astype(int) - ref.astype(int)).max()
-    MEASURED["generate via CLI seed=21 n=2 steps=(4, 3, 2) (uint8 levels)"] = diff
-    assert diff <= 1
+    _assert_within_one_level(mine, ref, "generate via CLI seed=21 n=2 steps=(4, 3, 2) (uint8 levels)")
 
 
 def test_generate_with_transformers_text_encoder(t2i):
@@ -564,9 +567,7 @@ def test_vary_matches_image_variation_pipeline(i2i, seed, sources, steps):
     root, parts = i2i
     mine, ref = _ours(root, "vary", sources, seed, steps), _reference(root, parts, "vary", sources, seed, steps)
     assert mine.shape == ref.shape == (len(sources), 256, 256, 3) and ref.std() > 20
-    diff = np.abs(mine.astype(int) - ref.astype(int)).max()
-    MEASURED[f"vary seed={seed} B={len(sources)} steps={steps[1:]} (uint8 levels)"] = diff
-    assert diff <= 1
+    _assert_within_one_level(mine, ref, f"vary seed={seed} B={len(sources)} steps={steps[1:]} (uint8 levels)")
 
 
 def test_vary_cli_matches_image_variation_pipeline(i2i, tmp_path, monkeypatch):
@@ -575,9 +576,7 @@ def test_vary_cli_matches_image_variation_pipeline(i2i, tmp_path, monkeypatch):
     mine = _cli_images(["vary", tmp_path / "source.png", "--model", root, "--seed", 5, "--decoder-steps", 3,
                         "--sr-steps", 2, "--outdir", tmp_path / "out"], monkeypatch)[0]
     ref = _reference(root, parts, "vary", SOURCES[1:], 5, (None, 3, 2))[0]
-    diff = np.abs(mine.astype(int) - ref.astype(int)).max()
-    MEASURED["vary via CLI seed=5 steps=(3, 2) (uint8 levels)"] = diff
-    assert diff <= 1
+    _assert_within_one_level(mine, ref, "vary via CLI seed=5 steps=(3, 2) (uint8 levels)")
 
 
 def test_one_swapped_tensor_breaks_pipeline_parity(t2i):

@@ -285,6 +285,41 @@ def build_stage(stage: str, weights_path, config_path, device, dtype) -> torch.n
 
 _SCHED_DEFAULT = dict(_class_name="UnCLIPScheduler", beta_schedule="squaredcos_cap_v2", variance_type="fixed_small_log",
                       prediction_type="epsilon", clip_sample=True, clip_sample_range=1.0)
+# Karlo v1 alpha's config.json values (shared/reference/karlo.md sec. 1.2), as the 0.11-era hub files spell them
+# (newer fields absent); tests and benchmarks write these.
+HUB_CONFIGS = {
+    "prior": {"_class_name": "PriorTransformer", "_diffusers_version": "0.11.0.dev0", "num_attention_heads": 32,
+              "attention_head_dim": 64, "num_layers": 20, "embedding_dim": 768, "num_embeddings": 77,
+              "additional_embeddings": 4, "dropout": 0.0},
+    "decoder": {"_class_name": "UNet2DConditionModel", "_diffusers_version": "0.11.0.dev0", "sample_size": 64,
+                "in_channels": 3, "out_channels": 6, "center_input_sample": False, "flip_sin_to_cos": True,
+                "freq_shift": 0, "down_block_types": ["ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D",
+                                                      "SimpleCrossAttnDownBlock2D", "SimpleCrossAttnDownBlock2D"],
+                "mid_block_type": "UNetMidBlock2DSimpleCrossAttn",
+                "up_block_types": ["SimpleCrossAttnUpBlock2D", "SimpleCrossAttnUpBlock2D", "SimpleCrossAttnUpBlock2D",
+                                   "ResnetUpsampleBlock2D"],
+                "only_cross_attention": False, "block_out_channels": [320, 640, 960, 1280], "layers_per_block": 3,
+                "downsample_padding": 1, "mid_block_scale_factor": 1, "act_fn": "silu", "norm_num_groups": 32,
+                "norm_eps": 1e-05, "cross_attention_dim": 1536, "attention_head_dim": 64, "dual_cross_attention": False,
+                "use_linear_projection": False, "class_embed_type": "identity", "num_class_embeds": None,
+                "upcast_attention": False, "resnet_time_scale_shift": "scale_shift"},
+    "super_res_first": {"_class_name": "UNet2DModel", "_diffusers_version": "0.11.0.dev0", "sample_size": 256,
+                        "in_channels": 6, "out_channels": 3, "center_input_sample": False,
+                        "time_embedding_type": "positional", "freq_shift": 0, "flip_sin_to_cos": True,
+                        "down_block_types": ["ResnetDownsampleBlock2D"] * 4, "up_block_types": ["ResnetUpsampleBlock2D"] * 4,
+                        "block_out_channels": [320, 640, 960, 1280], "layers_per_block": 3, "mid_block_scale_factor": 1,
+                        "downsample_padding": 1, "act_fn": "silu", "attention_head_dim": 8, "norm_num_groups": 32,
+                        "norm_eps": 1e-05, "resnet_time_scale_shift": "default", "add_attention": False},
+    "text_proj": {"_class_name": "UnCLIPTextProjModel", "_diffusers_version": "0.11.0.dev0",
+                  "clip_embeddings_dim": 768, "clip_extra_context_tokens": 4, "cross_attention_dim": 1536,
+                  "time_embed_dim": 1280},
+    "text_encoder": {"architectures": ["CLIPTextModelWithProjection"], "model_type": "clip_text_model",
+                     "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
+                     "hidden_act": "quick_gelu", "max_position_embeddings": 77, "projection_dim": 768,
+                     "vocab_size": 49408, "layer_norm_eps": 1e-05, "bos_token_id": 0, "eos_token_id": 2,
+                     "pad_token_id": 1},
+}
+HUB_CONFIGS["super_res_last"] = {**HUB_CONFIGS["super_res_first"], "sample_size": None}
 # Karlo's scheduler_config.json values (what the Hub ships; tests and benchmarks write these).
 HUB_SCHEDULERS = {
     "prior_scheduler": dict(variance_type="fixed_small_log", prediction_type="sample", clip_sample=True,
