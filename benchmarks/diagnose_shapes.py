@@ -5,7 +5,10 @@ On true renders of the held-out prompts (shapes.scene_from_caption, seeded):
 1. CLIP retrieval: is each render's embedding closest to its own prompt's among the 24 prompts?
 2. Prior: is the prior's embedding for a prompt nearest to a render of that same prompt?
 3. Decoder alone: fed the renders' *true* CLIP image embeddings (and captions), judged at its size.
-4. Relations in CLIP: for two-object renders, the right relation among the four, and "A rel B" vs "B rel A".
+4. Relations in CLIP: for two-object renders, the right relation among the four, and "A rel B" vs "B rel A";
+   and the mean cosine similarity of the text embeddings of the four captions that differ only in the relation.
+5. Layout in CLIP's image embedding: a linear probe (trained on 2400 two-object renders, tested on 600
+   others) for whether the two objects are stacked (above/below) or side by side (left/right of).
 Prints one JSON object.
 """
 
@@ -52,6 +55,7 @@ def main() -> None:
         verdicts += [judge.judge(im, c) for im, c in zip(images.to_pil(x), caps[sl])]
 
     rel_ok = order_ok = 0
+    text_cos = []
     rrng = np.random.default_rng(1)
     for _ in range(args.relations):
         sc = shapes.sample_scene(rrng, two_objects_prob=1.0)
@@ -60,10 +64,15 @@ def main() -> None:
         cands = [cap(r, a, b) for r in shapes.RELATIONS] + [cap(sc.relation, b, a)]
         e = F.normalize(pipeline.encode_images(stages, [shapes.render(sc, 256)]), dim=-1)
         tt, _ = pipeline.encode_text(stages, cands)
-        s = (e @ F.normalize(tt.embed, dim=-1).T)[0]
+        tn = F.normalize(tt.embed, dim=-1)
+        s = (e @ tn.T)[0]
+        c = tn[:4] @ tn[:4].T
+        text_cos.append(float((c.sum() - c.diagonal().sum()) / 12))
         truth = shapes.RELATIONS.index(sc.relation)
         rel_ok += int(s[:4].argmax()) == truth
         order_ok += bool(s[truth] > s[4])
+
+    layout = layout_probe(stages)
 
     print(json.dumps({
         "model": args.model, "decoder_size": size, "per_prompt": args.per_prompt,
@@ -72,7 +81,31 @@ def main() -> None:
         "decoder_from_true_embeddings": judge.summarize(verdicts),
         "clip_relation_top1_of_4": round(rel_ok / args.relations, 4) if args.relations else None,
         "clip_order_a_rel_b_vs_b_rel_a": round(order_ok / args.relations, 4) if args.relations else None,
+        "clip_text_cosine_between_relations": round(float(np.mean(text_cos)), 4) if args.relations else None,
+        "clip_layout_probe_stacked_vs_side_by_side": layout,
     }, indent=1))
+
+
+def layout_probe(stages, n_train: int = 2400, n_test: int = 600) -> float:
+    """Test accuracy of a linear probe for 'stacked or side by side' on CLIP image embeddings (chance 0.5)."""
+    rng = np.random.default_rng(3)
+    scenes = [shapes.sample_scene(rng, two_objects_prob=1.0) for _ in range(n_train + n_test)]
+    y = torch.tensor([shapes.RELATIONS.index(sc.relation) // 2 for sc in scenes])  # 0: above/below, 1: left/right
+    e = torch.cat([pipeline.encode_images(stages, [shapes.render(sc, 256) for sc in scenes[k:k + 200]])
+                   for k in range(0, len(scenes), 200)])
+    e = F.normalize(e.float(), dim=-1)
+    gen = torch.Generator().manual_seed(0)
+    w = (0.01 * torch.randn(e.shape[1], generator=gen)).requires_grad_()
+    b = torch.zeros((), requires_grad=True)
+    opt = torch.optim.Adam([w, b], lr=0.05)
+    for _ in range(500):
+        loss = F.binary_cross_entropy_with_logits(10 * e[:n_train] @ w + b, y[:n_train].float())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        pred = (10 * e[n_train:] @ w + b) > 0
+    return round(float((pred == y[n_train:].bool()).float().mean()), 4)
 
 
 if __name__ == "__main__":
