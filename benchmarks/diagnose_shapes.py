@@ -8,7 +8,8 @@ On true renders of the held-out prompts (shapes.scene_from_caption, seeded):
 4. Relations in CLIP: for two-object renders, the right relation among the four, and "A rel B" vs "B rel A";
    and the mean cosine similarity of the text embeddings of the four captions that differ only in the relation.
 5. Layout in CLIP's image embedding: a linear probe (trained on 2400 two-object renders, tested on 600
-   others) for whether the two objects are stacked (above/below) or side by side (left/right of).
+   others) for whether the two objects are stacked (above/below) or side by side (left/right of); and,
+   as a control that such a probe finds what the embedding holds, one for "one of the objects is red".
 Prints one JSON object.
 """
 
@@ -82,30 +83,37 @@ def main() -> None:
         "clip_relation_top1_of_4": round(rel_ok / args.relations, 4) if args.relations else None,
         "clip_order_a_rel_b_vs_b_rel_a": round(order_ok / args.relations, 4) if args.relations else None,
         "clip_text_cosine_between_relations": round(float(np.mean(text_cos)), 4) if args.relations else None,
-        "clip_layout_probe_stacked_vs_side_by_side": layout,
+        "clip_linear_probes": layout,
     }, indent=1))
 
 
-def layout_probe(stages, n_train: int = 2400, n_test: int = 600) -> float:
-    """Test accuracy of a linear probe for 'stacked or side by side' on CLIP image embeddings (chance 0.5)."""
+def layout_probe(stages, n_train: int = 2400, n_test: int = 600) -> dict:
+    """Held-out accuracy of linear probes on CLIP image embeddings of two-object renders: 'stacked or side
+    by side' (chance 0.5), and as a control that the probe works, 'is one of the objects red'."""
     rng = np.random.default_rng(3)
     scenes = [shapes.sample_scene(rng, two_objects_prob=1.0) for _ in range(n_train + n_test)]
-    y = torch.tensor([shapes.RELATIONS.index(sc.relation) // 2 for sc in scenes])  # 0: above/below, 1: left/right
     e = torch.cat([pipeline.encode_images(stages, [shapes.render(sc, 256) for sc in scenes[k:k + 200]])
                    for k in range(0, len(scenes), 200)])
-    e = F.normalize(e.float(), dim=-1)
+    e = 10 * F.normalize(e.float(), dim=-1)
+    stacked = torch.tensor([sc.relation in ("above", "below") for sc in scenes])
+    red = torch.tensor([any(o.color == "red" for o in sc.objects) for sc in scenes])
+    return {"stacked_vs_side_by_side": _probe(e, stacked, n_train), "red_present": _probe(e, red, n_train),
+            "red_present_base_rate": round(float(red[n_train:].float().mean()), 4)}
+
+
+def _probe(x: torch.Tensor, y: torch.Tensor, n_train: int) -> float:
     gen = torch.Generator().manual_seed(0)
-    w = (0.01 * torch.randn(e.shape[1], generator=gen)).requires_grad_()
+    w = (0.01 * torch.randn(x.shape[1], generator=gen)).requires_grad_()
     b = torch.zeros((), requires_grad=True)
     opt = torch.optim.Adam([w, b], lr=0.05)
     for _ in range(500):
-        loss = F.binary_cross_entropy_with_logits(10 * e[:n_train] @ w + b, y[:n_train].float())
+        loss = F.binary_cross_entropy_with_logits(x[:n_train] @ w + b, y[:n_train].float())
         opt.zero_grad()
         loss.backward()
         opt.step()
     with torch.no_grad():
-        pred = (10 * e[n_train:] @ w + b) > 0
-    return round(float((pred == y[n_train:].bool()).float().mean()), 4)
+        pred = (x[n_train:] @ w + b) > 0
+    return round(float((pred == y[n_train:]).float().mean()), 4)
 
 
 if __name__ == "__main__":
