@@ -21,9 +21,6 @@ class TextEncoding:
     tokens: torch.Tensor  # [B, L, W] final token states
     mask: torch.Tensor  # [B, L] bool, True from start- to end-of-text
 
-    def repeat(self, n: int) -> "TextEncoding":
-        return TextEncoding(*(t.repeat_interleave(n, dim=0) for t in (self.embed, self.tokens, self.mask)))
-
     @staticmethod
     def cat(encodings: list["TextEncoding"]) -> "TextEncoding":
         return TextEncoding(*(torch.cat(ts) for ts in zip(*((e.embed, e.tokens, e.mask) for e in encodings))))
