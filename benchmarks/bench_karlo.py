@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from unclip_cli.karlo import HUB_CONFIGS, HUB_SCHEDULERS
+from unclip_cli.weights.karlo import HUB_CONFIGS, HUB_SCHEDULERS
 
 FULL = HUB_CONFIGS  # Karlo v1 alpha's config.json values
 
@@ -144,10 +144,10 @@ def _shapes(folder: str, cfg: dict) -> dict[str, tuple[tuple, torch.dtype]]:
             fields = {k: v for k, v in cfg.items() if k not in ("architectures", "model_type")}
             module = CLIPTextModelWithProjection(CLIPTextConfig(**fields))
         else:
-            from unclip_cli import karlo
-            from unclip_cli.prior import Prior
-            from unclip_cli.text_proj import TextProj
-            from unclip_cli.unet import UNet
+            from unclip_cli.weights import karlo
+            from unclip_cli.models.prior import Prior
+            from unclip_cli.models.text_proj import TextProj
+            from unclip_cli.models.unet import UNet
 
             module = {"prior": lambda: Prior(karlo.prior_config(cfg)),
                       "text_proj": lambda: TextProj(karlo.text_proj_config(cfg))}.get(
@@ -217,11 +217,13 @@ def _steps(text: str) -> tuple[int, int, int]:
 
 
 def run_unclip(root: Path, generate: bool, steps: str) -> dict:
-    from unclip_cli import pipeline, runner
+    from unclip_cli import options
+    from unclip_cli.pipeline import cascade as pipeline, stages as stages_mod
+    from unclip_cli.cli import run as runner
 
     out = {"runner": "unclip", "stages": {}, "rss_start_gb": round(rss_gb(), 3)}
     t0 = time.perf_counter()
-    stages, size = pipeline.open_model(str(root), torch.device("cpu"), torch.float32, 256, keep_loaded=False)
+    stages, size = stages_mod.open_model(str(root), torch.device("cpu"), torch.float32, 256, keep_loaded=False)
     out["open_and_check_s"] = round(time.perf_counter() - t0, 3)  # resolve folder + header checks of every file
     per_stage = reset_peak()
     for stage in STAGES:
@@ -243,9 +245,7 @@ def run_unclip(root: Path, generate: bool, steps: str) -> dict:
         p, d, s = _steps(steps)
         gc.collect()
         reset_peak()
-        opts = pipeline.Options(prior_steps=p, decoder_steps=d, sr_steps=s, size=size,
-                                **{k: v for k, v in stages.spec.defaults.items()
-                                   if k in ("prior_guidance", "decoder_guidance", "prior_clip", "num_timesteps")})
+        opts = options.resolve(stages.spec.defaults, dict(prior_steps=p, decoder_steps=d, sr_steps=s), size)
         progress = runner.StageProgress(quiet=True)
         t = time.perf_counter()
         image = pipeline.generate(stages, [PROMPT], opts, runner.generators([0]), progress)

@@ -16,7 +16,8 @@ import time
 
 import torch
 
-from unclip_cli import pipeline
+from unclip_cli import options
+from unclip_cli.pipeline import cascade as pipeline, stages as stages_mod
 
 
 def main() -> None:
@@ -28,10 +29,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    stages, size = pipeline.open_model(args.model, "cpu", torch.float32, args.size, keep_loaded=True)
-    from unclip_cli.runner import options, RunArgs
-
-    opts = options(RunArgs(), stages.spec, size)
+    stages, size = stages_mod.open_model(args.model, "cpu", torch.float32, args.size, keep_loaded=True)
+    opts = options.resolve(stages.spec.defaults, {}, size)
     runs = []
     for r in range(args.repeats + 1):
         marks: dict[str, float] = {}

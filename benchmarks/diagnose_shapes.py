@@ -20,7 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from unclip_cli import images, judge, pipeline, shapes
+from unclip_cli.options import Options
+from unclip_cli.pipeline import cascade as pipeline, images, stages as stages_mod
+from unclip_cli.shapes import judge, world as shapes
 
 
 def main() -> None:
@@ -30,9 +32,9 @@ def main() -> None:
     ap.add_argument("--relations", type=int, default=300)
     ap.add_argument("--guidance", type=float, default=3.0)
     args = ap.parse_args()
-    stages, _ = pipeline.open_model(args.model, "cpu", torch.float32, None, keep_loaded=True)
+    stages, _ = stages_mod.open_model(args.model, "cpu", torch.float32, None, keep_loaded=True)
     size = stages.decoder_size()
-    opts = pipeline.Options(size=size, decoder_guidance=args.guidance, prior_guidance=3.0)
+    opts = Options(size=size, decoder_guidance=args.guidance, prior_guidance=3.0)
     prompts = [p for p, _ in shapes.heldout_prompts()]
     rng = np.random.default_rng(0)
     caps = [p for p in prompts for _ in range(args.per_prompt)]

@@ -22,7 +22,6 @@ decoder_steps = 25
 sr_steps = 10
 prior_guidance = 3.0
 decoder_guidance = 3.0
-prior_clip = 5.0
 """
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from unclip_cli.karlo import HUB_CONFIGS, HUB_SCHEDULERS
+from unclip_cli.weights.karlo import HUB_CONFIGS, HUB_SCHEDULERS
 
 KARLO = copy.deepcopy(HUB_CONFIGS)
 # openai/clip-vit-large-patch14's CLIPModel config as re-saved by transformers 4.3x (defaults left out): the image

@@ -7,8 +7,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from unclip_cli import judge, weights
-from unclip_cli.cli import app
+from unclip_cli.shapes import judge
+from unclip_cli.weights import hub, registry as weights
+from unclip_cli.cli.app import app
 
 
 @pytest.fixture
@@ -28,7 +29,7 @@ def test_shapes_is_the_default_and_its_files_match_weights_toml(offline):
     assert set(spec.stages) == {"clip", "prior", "text_proj", "decoder", "sr256", "sr1024"}
     total = 0
     for stage, src in spec.stages.items():
-        path = weights.fetch(src, stage, model="shapes")
+        path = hub.fetch(src, stage, model="shapes")
         data = path.read_bytes()
         assert hashlib.sha256(data).hexdigest() == src.sha256, stage
         total += len(data)

@@ -12,8 +12,8 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 import tiny
-from unclip_cli import checkpoint, weights
-from unclip_cli.cli import app
+from unclip_cli.weights import checkpoint, hub, registry as weights
+from unclip_cli.cli.app import app
 from unclip_cli.errors import UnclipError
 
 
@@ -23,7 +23,7 @@ def prior_state() -> dict[str, torch.Tensor]:
 
 
 def save_prior(path: Path, state: dict) -> Path:
-    checkpoint.save(path, "prior", tiny.PRIOR, state)
+    checkpoint.save(path, "prior", tiny.PRIOR, state, diffusion=tiny.PRIOR_SPEC)
     return path
 
 
@@ -36,12 +36,14 @@ def build_error(path: Path, stage: str = "prior") -> str:
 # --------------------------------------------------------------------------- round trip
 
 
-@pytest.mark.parametrize("stage, kind, config", [("prior", "prior", tiny.PRIOR), ("sr256", "unet", tiny.SR),
-                                                 ("text_proj", "text_proj", tiny.TEXT_PROJ)])
-def test_round_trip(tmp_path, stage, kind, config):
+@pytest.mark.parametrize("stage, kind, config, spec", [("prior", "prior", tiny.PRIOR, tiny.PRIOR_SPEC),
+                                                       ("sr256", "unet", tiny.SR, tiny.SR_SPEC),
+                                                       ("text_proj", "text_proj", tiny.TEXT_PROJ, None)])
+def test_round_trip(tmp_path, stage, kind, config, spec):
     module = tiny.randomize(checkpoint.instantiate(kind, checkpoint.config_to_dict(config)), seed=3)
     path = tmp_path / f"{stage}.safetensors"
-    checkpoint.save(path, kind, config, module.state_dict())
+    checkpoint.save(path, kind, config, module.state_dict(), diffusion=spec)
+    assert checkpoint.check_file(path, stage, kind) == spec  # the spec travels in the metadata
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
 
     built, cfg = checkpoint.build(path, stage, expect_kind=kind)
@@ -113,11 +115,11 @@ def test_wrong_sha256(tmp_path):
     actual = hashlib.sha256(path.read_bytes()).hexdigest()
     wrong = "ab" * 32
     with pytest.raises(UnclipError) as e:
-        weights.fetch(weights.Source(path=path, sha256=wrong), "stage 'prior' of model 'm'")
+        hub.fetch(weights.Source(path=path, sha256=wrong), "stage 'prior' of model 'm'")
     msg = str(e.value)
     assert "stage 'prior'" in msg and actual in msg and wrong in msg
     # and the right hash passes
-    assert weights.fetch(weights.Source(path=path, sha256=actual), "stage 'prior'") == path
+    assert hub.fetch(weights.Source(path=path, sha256=actual), "stage 'prior'") == path
 
 
 class Boom:
@@ -211,7 +213,7 @@ def test_cli_checkpoint_of_the_wrong_stage(home, tmp_path):
 
 
 def test_cli_checkpoint_of_the_wrong_stage_is_refused_before_sampling(home, tmp_path, monkeypatch):
-    from unclip_cli import pipeline
+    from unclip_cli.pipeline import cascade as pipeline
 
     def no_sampling(*args, **kwargs):
         raise AssertionError("sampling started before the checkpoints were checked")
@@ -231,9 +233,48 @@ def test_cli_pickle_is_refused_and_never_unpickled(home, tmp_path):
 
 def test_saved_metadata_is_json(tmp_path):
     path = tmp_path / "p.safetensors"
-    checkpoint.save(path, "prior", tiny.PRIOR, prior_state(), extra={"step": 7})
+    checkpoint.save(path, "prior", tiny.PRIOR, prior_state(), diffusion=tiny.PRIOR_SPEC, extra={"step": 7})
     meta, shapes = checkpoint.read_header(path, "prior")
     assert meta["format"] == checkpoint.FORMAT and meta["kind"] == "prior"
     assert json.loads(meta["config"]) == checkpoint.config_to_dict(tiny.PRIOR)
     assert json.loads(meta["extra"]) == {"step": 7}
     assert shapes["proj_in.weight"] == tuple(prior_state()["proj_in.weight"].shape)
+
+
+def test_a_diffusion_stage_needs_its_spec(tmp_path):
+    with pytest.raises(ValueError, match="needs diffusion spec"):
+        checkpoint.save(tmp_path / "p.safetensors", "prior", tiny.PRIOR, prior_state())
+    with pytest.raises(ValueError, match="takes no diffusion spec"):
+        checkpoint.save(tmp_path / "t.safetensors", "text_proj", tiny.TEXT_PROJ, {}, diffusion=tiny.PRIOR_SPEC)
+
+
+def test_checkpoints_from_before_the_spec_still_load(tmp_path):
+    """unclip 0.1 files carried no spec and a UNet's prediction in its config: they sample as they did then."""
+    from safetensors.torch import save_file
+
+    from unclip_cli.diffusion.spec import DiffusionSpec
+
+    for kind, config, legacy, expected in [
+        ("prior", tiny.PRIOR, {}, DiffusionSpec(prediction="sample", clamp=5.0)),
+        ("unet", tiny.DECODER, {"prediction": "v"},
+         DiffusionSpec(prediction="v", variance="learned_range", guided_channels=3)),
+        ("unet", tiny.SR, {}, DiffusionSpec(prediction="epsilon")),
+    ]:
+        module = checkpoint.instantiate(kind, checkpoint.config_to_dict(config))
+        path = tmp_path / f"{kind}-{len(legacy)}.safetensors"
+        meta = {"format": checkpoint.FORMAT, "kind": kind, "config": json.dumps(checkpoint.config_to_dict(config) | legacy)}
+        save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(path), metadata=meta)
+        assert checkpoint.check_file(path, kind, kind) == expected
+        built, _ = checkpoint.build(path, kind, expect_kind=kind)
+        assert built.cfg == config
+
+
+def test_bad_diffusion_metadata_is_one_line(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "p.safetensors"
+    meta = {"format": checkpoint.FORMAT, "kind": "prior", "config": json.dumps(checkpoint.config_to_dict(tiny.PRIOR)),
+            "diffusion": json.dumps({"prediction": "x0"})}
+    save_file(prior_state(), str(path), metadata=meta)
+    with pytest.raises(UnclipError, match="stage 'prior': bad checkpoint metadata .*prediction"):
+        checkpoint.check_file(path, "prior", "prior")

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+
 from PIL import Image
 from typer.testing import CliRunner
 
-from unclip_cli.cli import app
+from unclip_cli.cli.app import app
 
 FAST = ["--prior-steps", "2", "--decoder-steps", "2", "--sr-steps", "2"]
 FAST_VARY = FAST[2:]  # vary has no prior
@@ -92,12 +92,13 @@ def test_size_seeds_and_determinism(home, tmp_path, verb, size):
 @pytest.mark.parametrize("verb", ["generate", "vary", "edit"])
 def test_several_images_load_each_stage_once(home, tmp_path, monkeypatch, verb):
     """-n 3 loops over the images inside each loaded stage instead of reloading the stage per image."""
-    from unclip_cli import checkpoint, pipeline
+    from unclip_cli.weights import checkpoint
+    from unclip_cli.pipeline import stages as stages_mod
 
     loads, build = [], checkpoint.build
     monkeypatch.setattr(checkpoint, "build", lambda path, stage, *a, **k: loads.append(stage) or build(path, stage, *a, **k))
-    held, get = [], pipeline.Stages.get
-    monkeypatch.setattr(pipeline.Stages, "get", lambda self, stage: (get(self, stage), held.append(set(self._loaded)))[0])
+    held, get = [], stages_mod.Stages.get
+    monkeypatch.setattr(stages_mod.Stages, "get", lambda self, stage: (get(self, stage), held.append(set(self._loaded)))[0])
     args = verb_args(verb, tmp_path, 256) + ["--size", 256] + (FAST_VARY if verb == "vary" else FAST)
     out = run_ok(*args, "-n", 3, "--seed", 3, "--outdir", tmp_path / "out")
     assert len(out["images"]) == 3

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from unclip_cli import diffusion as D
-from unclip_cli import samplers as S
+from unclip_cli.diffusion import gaussian as D
+from unclip_cli.diffusion import samplers as S
+from unclip_cli.diffusion.spec import DiffusionSpec
 
 T = 1000
 SCHEDULE = D.cosine_schedule(T)
@@ -267,18 +268,37 @@ def test_guided():
     assert torch.equal(out[:, 3:], cond[:, 3:])
 
 
-def test_denoiser_epsilon_with_learned_variance_and_clip():
+def test_denoiser_epsilon_with_learned_variance_and_clamp():
     x = torch.randn(2, 3, 4, 4)
     eps = torch.randn(2, 3, 4, 4)
-    v = torch.rand(2, 3, 4, 4) * 2 - 1
+    r = torch.rand(2, 3, 4, 4) * 2 - 1
     t = 600
-    d = S.Denoiser(lambda x_, t_: torch.cat([eps, v], 1), SCHEDULE, prediction="epsilon", learned_variance=True,
-                   clip=1.0)
+    spec = DiffusionSpec(num_timesteps=T, prediction="epsilon", variance="learned_range", guided_channels=3, clamp=1.0)
+    d = S.Denoiser(lambda x_, t_: torch.cat([eps, r], 1), spec)
     pred = d(x, t)
-    assert torch.equal(pred.v, v)
+    assert torch.equal(pred.variance, r)
     torch.testing.assert_close(pred.x0, D.x0_from_eps(SCHEDULE, x, t, eps).clamp(-1, 1))
     assert pred.x0.abs().max() <= 1.0
 
-    sample = S.Denoiser(lambda x_, t_: x_ * 10, SCHEDULE, prediction="sample", learned_variance=False, clip=None)
+    sample = S.Denoiser(lambda x_, t_: x_ * 10, DiffusionSpec(num_timesteps=T, prediction="sample", clamp=None))
     p = sample(x, t)
-    assert p.v is None and torch.equal(p.x0, x * 10)
+    assert p.variance is None and torch.equal(p.x0, x * 10)
+
+
+def test_denoiser_v_prediction_and_its_schedule():
+    x, out = torch.randn(1, 3, 4, 4), torch.randn(1, 3, 4, 4)
+    spec = DiffusionSpec(num_timesteps=T, prediction="v", clamp=None)
+    d = S.Denoiser(lambda x_, t_: out, spec)
+    assert d.schedule is D.schedule_of(spec) and torch.equal(d.schedule.betas, SCHEDULE.betas)
+    torch.testing.assert_close(d(x, 900).x0, D.x0_from_v(SCHEDULE, x, 900, out))
+
+
+@pytest.mark.parametrize("fields,match", [
+    (dict(prediction="x0"), "prediction"), (dict(variance="fixed_large"), "variance"), (dict(schedule="linear"), "schedule"),
+    (dict(clamp=0), "clamp"), (dict(num_timesteps=1), "num_timesteps"), (dict(variance="learned_range"), "guided_channels"),
+])
+def test_diffusion_spec_refuses_what_no_sampler_implements(fields, match):
+    with pytest.raises(ValueError, match=match):
+        DiffusionSpec(**fields)
+    with pytest.raises(ValueError, match="unknown diffusion fields"):
+        DiffusionSpec.from_dict({"prediction": "epsilon", "v": 1})

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from unclip_cli.cli import app
+from unclip_cli.cli.app import app
 
 FAST = ["--prior-steps", "1", "--decoder-steps", "1", "--sr-steps", "1", "--size", "64"]
 

@@ -4,7 +4,7 @@ import json
 
 from typer.testing import CliRunner
 
-from unclip_cli.cli import app
+from unclip_cli.cli.app import app
 
 runner = CliRunner()
 

@@ -8,8 +8,8 @@ open_clip = pytest.importorskip("open_clip")
 from transformers import (CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModelWithProjection,  # noqa: E402
                           CLIPVisionConfig, CLIPVisionModelWithProjection)
 
-from unclip_cli.hf_clip import (AbsentTower, convert_state_dict, load_hf_clip,  # noqa: E402
-                                open_clip_config_from_hf)
+from unclip_cli.models.clip import AbsentTower  # noqa: E402
+from unclip_cli.weights.hf_clip import convert_state_dict, load_hf_clip, open_clip_config_from_hf  # noqa: E402
 
 PROJ = 32
 TEXT = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256, vocab_size=49408,

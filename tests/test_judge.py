@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unclip_cli import judge as J
-from unclip_cli import shapes as S
+from unclip_cli.shapes import judge as J
+from unclip_cli.shapes import world as S
 
 
 def scenes(seed, n, **kw):

@@ -26,6 +26,7 @@ Reference: diffusers 0.42 `UnCLIPPipeline` / `UnCLIPImageVariationPipeline` (dep
 """
 
 import ast
+import dataclasses
 import functools
 import json
 import os
@@ -44,7 +45,12 @@ from PIL import Image  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 from transformers.models.clip.modeling_clip import CLIPTextModelOutput, CLIPVisionModelOutput  # noqa: E402
 
-from unclip_cli import checkpoint, clip, images, karlo, pipeline, runner, weights  # noqa: E402
+from unclip_cli import options  # noqa: E402
+from unclip_cli.diffusion.spec import DiffusionSpec  # noqa: E402
+from unclip_cli.weights import checkpoint, folder as folder_mod, karlo, registry as weights  # noqa: E402
+from unclip_cli.models import clip
+from unclip_cli.pipeline import cascade as pipeline, images, stages as stages_mod
+from unclip_cli.cli import run as runner
 from unclip_cli.errors import UnclipError  # noqa: E402
 
 KEY_DUMPS = Path(os.environ.get("KARLO_KEYS", "/work/shared/reference/karlo_keys"))
@@ -102,9 +108,8 @@ def test_full_size_keys_match_diffusers(folder, stage, dump):
     with torch.device("meta"):
         theirs = {k: tuple(v.shape) for k, v in kt.diffusers_model(folder, cfg).state_dict().items()}
     mine = {k: tuple(v.shape) for k, v in karlo._module(stage, cfg, folder).state_dict().items()}
-    assert mine == theirs  # one to one: same keys, same shapes, no renames (karlo.RENAMES is empty)
+    assert mine == theirs  # one to one: same keys, same shapes, no renames
     assert mine == _dump(dump)
-    assert karlo.RENAMES[stage] == {}
 
 
 def test_full_size_text_encoder_keys_match_transformers():
@@ -177,7 +182,7 @@ REFUSED = [
 def test_refuses_what_unclip_does_not_implement(folder, patch, field):
     cfg = {**kt.KARLO[folder], **patch}
     build = {"decoder": karlo.unet_config, "super_res_first": karlo.unet_config, "prior": karlo.prior_config,
-             "text_encoder": lambda c: karlo.clip_config(c, None)}[folder]
+             "text_encoder": lambda c: karlo._clip_module(c, None, "text_encoder")}[folder]
     with pytest.raises(UnclipError, match=field):
         build(cfg)
 
@@ -190,18 +195,36 @@ def test_folder_is_a_model(t2i, i2i):
     assert spec.format == "diffusers" and set(spec.stages) == {"clip", "prior", "text_proj", "decoder", "sr256", "sr256_last"}
     assert spec.stages["sr256_last"].path == root / "super_res_last" / "diffusion_pytorch_model.safetensors"
     assert spec.configs["clip"].path == root / "text_encoder" / "config.json"
-    assert spec.defaults == dict(prior_steps=25, decoder_steps=25, sr_steps=7, prior_guidance=4.0,
-                                 decoder_guidance=8.0, prior_clip=5.0, num_timesteps=1000)
-    stages, size = pipeline.open_model(str(root), "cpu", torch.float32, None)  # preflight: header checks
+    assert spec.defaults == dict(prior_steps=25, decoder_steps=25, sr_steps=7, prior_guidance=4.0, decoder_guidance=8.0)
+    # each stage's diffusion spec, derived from its scheduler_config.json (karlo.md sec. 1.3)
+    assert spec.diffusion == {
+        "prior": DiffusionSpec(prediction="sample", variance="fixed_small", clamp=5.0),
+        "decoder": DiffusionSpec(prediction="epsilon", variance="learned_range", clamp=1.0, guided_channels=3),
+        "sr256": DiffusionSpec(prediction="epsilon", variance="fixed_small", clamp=1.0),
+        "sr256_last": DiffusionSpec(prediction="epsilon", variance="fixed_small", clamp=1.0),
+    }
+    stages, size = stages_mod.open_model(str(root), "cpu", torch.float32, None)  # preflight: header checks
     assert size == 256 and set(stages.paths) == set(spec.stages)
     with pytest.raises(UnclipError, match="no CLIP image encoder"):  # vary needs karlo-v1-alpha-image-variations
         pipeline.encode_images(stages, [Image.new("RGB", (8, 8))])
     vroot, _ = i2i
     vspec = weights.resolve(str(vroot))
     assert set(vspec.stages) == {"clip", "clip_vision", "text_proj", "decoder", "sr256", "sr256_last"}
-    vstages, _ = pipeline.open_model(str(vroot), "cpu", torch.float32, None)
+    vstages, _ = stages_mod.open_model(str(vroot), "cpu", torch.float32, None)
     with pytest.raises(UnclipError, match="no prior stage"):
         vstages.get("prior")
+    assert vstages.diffusion("decoder") == spec.diffusion["decoder"]
+
+
+def test_registry_model_takes_karlos_schedulers(t2i):
+    """A registry entry has no scheduler files: its stages sample as Karlo's shipped scheduler configs say."""
+    root, _ = t2i
+    spec = weights.resolve(str(root))
+    bare = dataclasses.replace(spec, diffusion={})
+    for stage in ("prior", "decoder", "sr256", "sr256_last"):
+        cfg = json.loads(spec.configs[stage].path.read_text())
+        assert karlo.stage_diffusion(stage, bare, cfg) == spec.diffusion[stage]
+    assert karlo.stage_diffusion("text_proj", bare, {}) is None
 
 
 def _linked_copy(root: Path, dest: Path) -> Path:
@@ -216,23 +239,27 @@ def _rewrite_json(path: Path, **patch) -> None:
 
 
 @pytest.mark.parametrize("folder,patch,field", [
-    ("prior_scheduler", {"prediction_type": "epsilon"}, "prediction_type"),
-    ("decoder_scheduler", {"variance_type": "fixed_small_log"}, "variance_type"),
+    ("prior_scheduler", {"prediction_type": "x0"}, "prediction_type"),
+    ("decoder_scheduler", {"variance_type": "fixed_large"}, "variance_type"),
     ("super_res_scheduler", {"beta_schedule": "linear"}, "beta_schedule"),
-    ("super_res_scheduler", {"clip_sample_range": 2.0}, "clip_sample_range"),
+    ("super_res_scheduler", {"clip_sample_range": -2.0}, "clamp"),
     ("super_res_scheduler", {"_class_name": "DDPMScheduler"}, "_class_name"),
 ])
 def test_folder_refuses_other_schedulers(t2i, tmp_path, folder, patch, field):
     copy = _linked_copy(t2i[0], tmp_path / "m")
     _rewrite_json(copy / folder / "scheduler_config.json", **patch)
     with pytest.raises(UnclipError, match=field):
-        karlo.spec_from_folder(copy)
+        folder_mod.spec_from_folder(copy)
 
 
-def test_folder_reads_the_prior_clamp_from_its_scheduler(t2i, tmp_path):
+def test_folder_reads_its_schedulers(t2i, tmp_path):
     copy = _linked_copy(t2i[0], tmp_path / "m")
     _rewrite_json(copy / "prior_scheduler" / "scheduler_config.json", clip_sample_range=10.0)
-    assert karlo.spec_from_folder(copy).defaults["prior_clip"] == 10.0
+    _rewrite_json(copy / "super_res_scheduler" / "scheduler_config.json", prediction_type="v_prediction",
+                  num_train_timesteps=500, clip_sample=False)
+    spec = folder_mod.spec_from_folder(copy)
+    assert spec.diffusion["prior"].clamp == 10.0
+    assert spec.diffusion["sr256"] == DiffusionSpec(prediction="v", num_timesteps=500, clamp=None)
 
 
 def test_folder_refuses_pickles(t2i, tmp_path):
@@ -240,7 +267,7 @@ def test_folder_refuses_pickles(t2i, tmp_path):
     (copy / "decoder" / "diffusion_pytorch_model.safetensors").unlink()
     (copy / "decoder" / "diffusion_pytorch_model.bin").write_bytes(b"\x80\x04pickle")
     with pytest.raises(UnclipError, match="never loads pickles"):
-        karlo.spec_from_folder(copy)
+        folder_mod.spec_from_folder(copy)
 
 
 def test_header_check_names_a_wrong_key(t2i, tmp_path):
@@ -455,14 +482,14 @@ def _uint8(x: np.ndarray) -> np.ndarray:
 
 @functools.cache
 def _stages(root: Path):
-    stages, size = pipeline.open_model(str(root), "cpu", torch.float32, None, keep_loaded=True)
+    stages, size = stages_mod.open_model(str(root), "cpu", torch.float32, None, keep_loaded=True)
     return stages, size
 
 
 def _ours(root, verb, inputs, seed, steps):
     stages, size = _stages(root)
     p, d, s = steps
-    opts = runner.options(runner.RunArgs(prior_steps=p, decoder_steps=d, sr_steps=s), stages.spec, size)
+    opts = options.resolve(stages.spec.defaults, dict(prior_steps=p, decoder_steps=d, sr_steps=s), size)
     gens = runner.generators([seed + i for i in range(len(inputs))])
     x = getattr(pipeline, verb)(stages, list(inputs), opts, gens)
     return np.stack([np.asarray(im) for im in images.to_pil(x)])
@@ -518,7 +545,7 @@ def _cli_images(args: list, monkeypatch) -> np.ndarray:
     """Run the CLI (CPU, fp32, --json) and return the images it wrote as uint8 [N, H, W, 3]."""
     from typer.testing import CliRunner
 
-    from unclip_cli.cli import app
+    from unclip_cli.cli.app import app
 
     monkeypatch.setenv("UNCLIP_QUIET", "1")
     r = CliRunner().invoke(app, [str(a) for a in [*args, "--device", "cpu", "--dtype", "fp32", "--json"]])
@@ -598,9 +625,10 @@ def test_one_swapped_tensor_breaks_pipeline_parity(t2i):
     assert diff.max() > 1
 
 
-def test_zz_report_measured_differences(request, capsys):
-    """With -s, list the differences measured above."""
+@pytest.fixture(scope="module", autouse=True)
+def _report_measured_differences(request):
+    """After this module's tests, with -s, list the differences they measured (not a test: it cannot fail)."""
+    yield
     if request.config.getoption("capture") == "no":
-        with capsys.disabled():
-            for k, v in MEASURED.items():
-                print(f"  {k}: {v:.3g}")
+        for k, v in MEASURED.items():
+            print(f"  {k}: {v:.3g}")

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import tiny
-from unclip_cli.prior import Prior
-from unclip_cli.text_proj import TextProj
-from unclip_cli.unet import UNet, UNetConfig
+from unclip_cli.models.prior import Prior
+from unclip_cli.models.text_proj import TextProj
+from unclip_cli.models.unet import UNet, UNetConfig
 
 B = 2
 L = 77  # CLIP context length of the tiny configs

@@ -20,8 +20,8 @@ from huggingface_hub import hf_hub_download
 from typer.testing import CliRunner
 
 from hubserver import FakeHub, fake_hub  # noqa: F401  (fixture import)
-from unclip_cli import weights
-from unclip_cli.cli import app
+from unclip_cli.weights import hub as hub_client, registry as weights
+from unclip_cli.cli.app import app
 
 REPO = "unclip-test/tiny-hub"
 COMMIT = "1234567890abcdef1234567890abcdef12345678"
@@ -66,7 +66,7 @@ def hub_model(fake_hub: FakeHub, tiny_model_dir: Path, tmp_path: Path, monkeypat
     home.mkdir()
     monkeypatch.setenv("UNCLIP_HOME", str(home))
     monkeypatch.setenv("UNCLIP_QUIET", "1")
-    monkeypatch.setattr(weights, "RETRY_WAIT_S", 0.01)
+    monkeypatch.setattr(hub_client, "RETRY_WAIT_S", 0.01)
     data = {}
     for stage, name in STAGE_FILES.items():
         data[name] = (tiny_model_dir / f"{stage}.safetensors").read_bytes()
@@ -100,8 +100,7 @@ def test_karlo_registry_entries_parse_and_are_pinned(tmp_path, monkeypatch) -> N
     karlo, variations = models["karlo"], models["karlo-variations"]
     assert set(karlo.stages) == {"clip", "prior", "text_proj", "decoder", "sr256", "sr256_last"}
     assert set(variations.stages) == {"clip", "clip_vision", "text_proj", "decoder", "sr256", "sr256_last"}
-    assert karlo.defaults == dict(prior_steps=25, decoder_steps=25, sr_steps=7, prior_guidance=4.0,
-                                  decoder_guidance=8.0, prior_clip=5.0)
+    assert karlo.defaults == dict(prior_steps=25, decoder_steps=25, sr_steps=7, prior_guidance=4.0, decoder_guidance=8.0)
     for spec in (karlo, variations):
         assert spec.format == "diffusers"
         assert set(spec.configs) == set(spec.stages)  # a config.json for every stage
@@ -156,13 +155,13 @@ def test_interrupted_pull_resumes_with_range(hub_model: HubModel, monkeypatch) -
     hub = hub_model.hub
     name = STAGE_FILES["clip"]  # the largest tiny file (~6 MB)
     total = len(hub_model.data[name])
-    monkeypatch.setattr(weights, "DOWNLOAD_RETRIES", 0)  # no retry within the call: the pull stops
+    monkeypatch.setattr(hub_client, "DOWNLOAD_RETRIES", 0)  # no retry within the call: the pull stops
     hub.fail_after(REPO, name, 2_000_000, revision=COMMIT)
 
     r = cli("models", "pull", MODEL)
     assert r.exit_code == 1
     assert "interrupted" in r.stderr and f"unclip models pull {MODEL}" in r.stderr
-    partial = weights.partial_path(hub_model.source(name))
+    partial = hub_client.partial_path(hub_model.source(name))
     kept = partial.stat().st_size
     assert 0 < kept <= 2_000_000
     clip_row = next(f for f in listed()["stages"] if f["stage"] == "clip")
@@ -186,7 +185,7 @@ def test_sha256_mismatch_after_download_is_refused(hub_model: HubModel) -> None:
     assert "sha256" in r.stderr and "0" * 64 in r.stderr and "discarded" in r.stderr
     assert hub.file_gets(REPO, name) == 1
     src = hub_model.source(name)
-    assert weights.cached_path(src) is None and not weights.partial_path(src).exists()
+    assert hub_client.cached_path(src) is None and not hub_client.partial_path(src).exists()
 
 
 def test_lfs_sha256_mismatch_is_refused_before_downloading(hub_model: HubModel) -> None:

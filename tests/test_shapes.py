@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unclip_cli import shapes as S
+from unclip_cli.shapes import world as S
+from unclip_cli.train import data
 
 
 def png_bytes(img):
@@ -328,7 +329,7 @@ def test_write_dataset_leaves_nothing_on_failure(tmp_path, monkeypatch):
 
 def test_load_folder(tmp_path):
     out = S.write_dataset(tmp_path / "ds", count=5, seed=0, size=64)
-    pairs = S.load_folder(out)
+    pairs = data.load_folder(out)
     assert [p.name for p, _ in pairs] == [f"{i:08d}.png" for i in range(5)]
     assert all(c == (out / p.with_suffix(".txt").name).read_text().strip() for p, c in pairs)
     # other formats, unsorted creation, non-image files ignored
@@ -339,25 +340,25 @@ def test_load_folder(tmp_path):
         img.save(mixed / name, format=fmt)
         (mixed / name).with_suffix(".txt").write_text(f"a small red circle {name}\n")
     (mixed / "notes.json").write_text("{}")
-    pairs = S.load_folder(mixed)
+    pairs = data.load_folder(mixed)
     assert [p.name for p, _ in pairs] == ["a.webp", "b.jpg", "c.JPEG", "d.png"]
     assert pairs[0][1] == "a small red circle a.webp"
 
 
 def test_load_folder_errors(tmp_path):
     with pytest.raises(ValueError, match="not a directory"):
-        S.load_folder(tmp_path / "missing")
+        data.load_folder(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no images"):
-        S.load_folder(tmp_path / "empty")
+        data.load_folder(tmp_path / "empty")
     d = tmp_path / "nocap"
     d.mkdir()
     Image.new("RGB", (8, 8)).save(d / "x.png")
     with pytest.raises(ValueError, match="caption file .*x.txt is missing"):
-        S.load_folder(d)
+        data.load_folder(d)
     (d / "x.txt").write_text("  \n")
     with pytest.raises(ValueError, match="empty"):
-        S.load_folder(d)
+        data.load_folder(d)
 
 
 def test_hard_negative_changes_exactly_one_binding():

@@ -11,7 +11,9 @@ import torch
 from safetensors.torch import load_file
 
 import tiny
-from unclip_cli import checkpoint, shapes, train
+from unclip_cli.weights import checkpoint
+from unclip_cli.shapes import world as shapes
+from unclip_cli.train import loop as train
 
 
 def toml_value(v):
@@ -150,7 +152,7 @@ def test_ddp_two_cpu_processes_keep_replicas_identical(workdir, clip_ckpt, tmp_p
 
 
 def test_clip_hard_negatives_add_texts_and_train(workdir):
-    from unclip_cli import tasks
+    from unclip_cli.train import tasks
 
     raw = {"model": tiny.CLIP, "data": {"folder": str(workdir / "data")}, "contrastive": {"hard_negatives": True}}
     task = tasks.make("clip", raw, workdir, train.Dist())
@@ -163,3 +165,46 @@ def test_clip_hard_negatives_add_texts_and_train(workdir):
     out_dir = train.run("clip", cfg, workdir / "clip_neg")
     log = [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3] and all(torch.isfinite(torch.tensor(r["loss"])) for r in log)
+
+
+def test_exports_carry_their_diffusion_spec(workdir, clip_ckpt):
+    """What a stage samples with travels in its file: the decoder's learned variance, an upsampler's v-prediction."""
+    from unclip_cli.diffusion.spec import DiffusionSpec
+
+    spec = checkpoint.check_file(workdir / "decoder" / "decoder.safetensors", "decoder", "unet")
+    assert spec == DiffusionSpec(prediction="epsilon", variance="learned_range", guided_channels=3, clamp=1.0)
+    assert checkpoint.check_file(workdir / "prior" / "prior.safetensors", "prior", "prior") == \
+        DiffusionSpec(prediction="sample", clamp=5.0)
+    cfg = write_toml(workdir / "sr-v.toml", {
+        "model": unet_fields(tiny.SR), "data": {"folder": str(workdir / "data")},
+        "upsampler": {"name": "sr256", "low_size": 16, "high_size": 64, "crop": 32}, "train": TRAIN | {"steps": 1},
+        "diffusion": {"prediction": "v"}})
+    out = train.run("upsampler", cfg, workdir / "sr-v")
+    assert checkpoint.check_file(out / "sr256.safetensors", "sr256", "unet") == DiffusionSpec(prediction="v")
+
+
+def test_diffusion_table_must_fit_the_network(workdir, clip_ckpt, tmp_path):
+    from unclip_cli.errors import UnclipError
+
+    raw = {"model": unet_fields(tiny.DECODER) | {"sample_size": 32}, "train": TRAIN,
+           "data": {"folder": str(workdir / "data"), "clip": str(clip_ckpt), "image_size": 32}}
+    for table, match in (({"variance": "fixed_small"}, "out_channels = 6"), ({"prediction": "x0"}, "prediction"),
+                         ({"clamp": -1.0}, "clamp")):
+        cfg = write_toml(tmp_path / "d.toml", raw | {"diffusion": table})
+        with pytest.raises(UnclipError, match=match):
+            train.run("decoder", cfg, tmp_path / "o")
+
+
+def test_data_paths_are_relative_to_the_config_file(workdir, tmp_path):
+    """A config's [data] paths are read from its own folder, wherever the command runs."""
+    configs = tmp_path / "configs" / "nested"
+    configs.mkdir(parents=True)
+    rel = os.path.relpath(workdir / "data", configs)
+    cfg = write_toml(configs / "clip.toml", {"model": tiny.CLIP, "data": {"folder": rel}, "train": TRAIN | {"steps": 1}})
+    cwd = os.getcwd()
+    os.chdir(tmp_path)  # the folder is not relative to here
+    try:
+        out = train.run("clip", cfg, tmp_path / "out")
+    finally:
+        os.chdir(cwd)
+    assert (out / "clip.safetensors").is_file()

@@ -4,10 +4,11 @@ from pathlib import Path
 
 import torch
 
-from unclip_cli import checkpoint, weights
-from unclip_cli.prior import PriorConfig
-from unclip_cli.text_proj import TextProjConfig
-from unclip_cli.unet import UNetConfig
+from unclip_cli.weights import checkpoint, files
+from unclip_cli.models.prior import PriorConfig
+from unclip_cli.models.text_proj import TextProjConfig
+from unclip_cli.models.unet import UNetConfig
+from unclip_cli.diffusion.spec import DiffusionSpec
 
 CLIP = {
     "embed_dim": 32,
@@ -39,15 +40,23 @@ def randomize(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     return module
 
 
-def make_stage(path: Path, kind: str, config, seed: int) -> Path:
+# What each tiny stage samples with: the prior predicts x0 (clamped to 5, as Karlo), the decoder eps with a
+# learned-range variance (Karlo's decoder), the upsamplers eps with the fixed posterior variance.
+PRIOR_SPEC = DiffusionSpec(prediction="sample", clamp=5.0)
+DECODER_SPEC = DiffusionSpec(prediction="epsilon", variance="learned_range", guided_channels=3)
+SR_SPEC = DiffusionSpec(prediction="epsilon")
+
+
+def make_stage(path: Path, kind: str, config, seed: int, diffusion: DiffusionSpec | None = None) -> Path:
     module = randomize(checkpoint.instantiate(kind, checkpoint.config_to_dict(config)), seed)
-    checkpoint.save(path, kind, config, module.state_dict())
+    checkpoint.save(path, kind, config, module.state_dict(), diffusion=diffusion)
     return path
 
 
 STAGES = {
-    "clip": ("clip", CLIP), "prior": ("prior", PRIOR), "text_proj": ("text_proj", TEXT_PROJ),
-    "decoder": ("unet", DECODER), "sr256": ("unet", SR), "sr256_last": ("unet", SR), "sr1024": ("unet", SR1024),
+    "clip": ("clip", CLIP, None), "prior": ("prior", PRIOR, PRIOR_SPEC), "text_proj": ("text_proj", TEXT_PROJ, None),
+    "decoder": ("unet", DECODER, DECODER_SPEC), "sr256": ("unet", SR, SR_SPEC), "sr256_last": ("unet", SR, SR_SPEC),
+    "sr1024": ("unet", SR1024, SR_SPEC),
 }
 
 
@@ -57,9 +66,9 @@ def write_model(folder: Path, name: str = "tiny", *, with_sha: bool = True, extr
     lines = [f'default = "{name}"', "", f"[models.{name}]", 'description = "tiny random test model"', "",
              f"[models.{name}.defaults]", "prior_steps = 3", "decoder_steps = 3", "sr_steps = 2", "",
              f"[models.{name}.stages]"]
-    for i, (stage, (kind, cfg)) in enumerate(STAGES.items()):
-        path = make_stage(folder / f"{stage}.safetensors", kind, cfg, seed=100 + i)
-        sha = f', sha256 = "{weights.sha256_file(path)}"' if with_sha else ""
+    for i, (stage, (kind, cfg, spec)) in enumerate(STAGES.items()):
+        path = make_stage(folder / f"{stage}.safetensors", kind, cfg, seed=100 + i, diffusion=spec)
+        sha = f', sha256 = "{files.sha256_file(path)}"' if with_sha else ""
         lines.append(f'{stage} = {{ path = "{path.name}"{sha} }}')
     toml = folder / "weights.toml"
     toml.write_text("\n".join(lines) + "\n" + extra_toml)

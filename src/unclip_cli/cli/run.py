@@ -1,21 +1,23 @@
-"""What the command line does around the pipeline: devices, seeds, progress, and writing results.
-
-Kept apart from `cli.py` so that `unclip --help` never imports torch.
+"""What the verbs do around the pipeline: check the options, pick device and seeds, show progress,
+run the cascade and write the PNGs. The one layer between `app.py` and the pipeline.
 """
 
 import os
 import secrets
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from unclip_cli import images, pipeline, weights
 from unclip_cli.errors import UnclipError
+from unclip_cli import options
+from unclip_cli.pipeline import cascade, images, stages as stages_mod
 
 err = Console(stderr=True)
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
@@ -24,24 +26,26 @@ DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16
 
 @dataclass
 class RunArgs:
-    """Options shared by generate, vary and edit (None = the model's default)."""
+    """Options of generate, vary and edit; `sampling` maps option names to values (None = the model's default)."""
 
     model: str | None = None
     num_images: int = 1
     seed: int | None = None
-    prior_steps: int | None = None
-    decoder_steps: int | None = None
-    sr_steps: int | None = None
-    prior_guidance: float | None = None
-    decoder_guidance: float | None = None
-    sampler: str = "ddpm"
     size: int | None = None
     device: str = "auto"
     dtype: str = "auto"
     outdir: Path = Path("outputs")
     json: bool = False
     metadata: bool = True
-    extra: dict = field(default_factory=dict)
+    sampling: dict = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, kw: dict) -> "RunArgs":
+        """From the CLI's keyword arguments (RUN_OPTIONS and sampling options)."""
+        kw = dict(kw)
+        sampling = {k: kw.pop(k) for k in options.BY_NAME if k in kw}
+        kw["metadata"] = not kw.pop("no_metadata", False)
+        return cls(**kw, sampling=sampling)
 
 
 def pick_device(name: str) -> torch.device:
@@ -76,29 +80,12 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
 def validate(args: RunArgs) -> None:
     if args.num_images < 1:
         raise UnclipError(f"--num-images must be at least 1, got {args.num_images}")
-    for flag in ("prior_steps", "decoder_steps", "sr_steps"):
-        v = getattr(args, flag)
-        if v is not None and not 1 <= v <= 1000:
-            raise UnclipError(f"--{flag.replace('_', '-')} must be between 1 and 1000, got {v}")
-    for flag in ("prior_guidance", "decoder_guidance"):
-        v = getattr(args, flag)
-        if v is not None and v < 0:
-            raise UnclipError(f"--{flag.replace('_', '-')} must not be negative, got {v}")
-    if args.sampler not in ("ddpm", "ddim"):
-        raise UnclipError(f"--sampler must be ddpm or ddim, got '{args.sampler}'")
+    for name, value in args.sampling.items():
+        problem = options.check(name, value) if value is not None else None
+        if problem:
+            raise UnclipError(problem)
     if args.seed is not None and not 0 <= args.seed < 2**63 - args.num_images:
         raise UnclipError(f"--seed must be a non-negative integer below 2**63, got {args.seed}")
-
-
-def options(args: RunArgs, spec: weights.ModelSpec, size: int) -> pipeline.Options:
-    opts = pipeline.Options(size=size, sampler=args.sampler)
-    # a model's default `size` was already applied when the size was resolved (pipeline.open_model): never
-    # let it override the size asked for
-    known = {k: v for k, v in spec.defaults.items() if k in pipeline.Options.__dataclass_fields__ and k != "size"}
-    opts = replace(opts, **known)
-    given = {k: getattr(args, k) for k in ("prior_steps", "decoder_steps", "sr_steps", "prior_guidance",
-                                           "decoder_guidance") if getattr(args, k) is not None}
-    return replace(opts, **given)
 
 
 class StageProgress:
@@ -132,16 +119,20 @@ class StageProgress:
         self.timings[stage] = round(seconds + now - self._start[stage], 3)
 
 
+def quiet() -> bool:
+    return bool(os.environ.get("UNCLIP_QUIET"))
+
+
 def prepare(args: RunArgs):
-    """Everything that can fail on bad input, before any sampling: returns (stages, opts, seeds, outdir)."""
+    """Everything that can fail on bad input, before any sampling: returns (stages, opts, seeds)."""
     validate(args)
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
-    outdir = images.check_outdir(args.outdir)
-    stages, size = pipeline.open_model(args.model, device, dtype, args.size, keep_loaded=False)
+    images.check_outdir(args.outdir)
+    stages, size = stages_mod.open_model(args.model, device, dtype, args.size, keep_loaded=False)
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     seeds = [seed + i for i in range(args.num_images)]
-    return stages, options(args, stages.spec, size), seeds, outdir
+    return stages, options.resolve(stages.spec.defaults, args.sampling, size), seeds
 
 
 def generators(seeds: list[int]) -> list[torch.Generator]:
@@ -149,48 +140,87 @@ def generators(seeds: list[int]) -> list[torch.Generator]:
 
 
 def warn_truncated(stages, prompt: str) -> None:
-    _, dropped = pipeline.encode_text(stages, [prompt])
+    _, dropped = cascade.encode_text(stages, [prompt])
     if dropped[0]:
         n = stages.context_length()
         err.print(f"[yellow]warning:[/] the prompt is longer than CLIP's {n} tokens; dropped: \"{dropped[0]}\"",
                   highlight=False, soft_wrap=True)  # one line, however long
 
 
-def write_outputs(pils, seeds, args: RunArgs, stages, opts, mode: str, prompt: str, timings: dict, extra=None):
+# Verbs ---------------------------------------------------------------------------------------
+
+
+def generate(prompt: str, args: RunArgs) -> list[Path]:
+    stages, opts, seeds = prepare(args)
+    warn_truncated(stages, prompt)
+    progress = StageProgress(quiet())
+    with progress.progress:
+        x = cascade.generate(stages, [prompt], opts, generators(seeds), progress, one_by_one=True)
+    return write_outputs(images.to_pil(x), seeds, args, stages, opts, "generate", prompt, progress.timings)
+
+
+def vary(image_path: Path, args: RunArgs) -> list[Path]:
+    image = images.load_image(image_path)
+    stages, opts, seeds = prepare(args)
+    progress = StageProgress(quiet())
+    with progress.progress:
+        x = cascade.vary(stages, [image], opts, generators(seeds), progress, one_by_one=True)
+    return write_outputs(images.to_pil(x), seeds, args, stages, opts, "vary", "", progress.timings,
+                         {"source": str(image_path)})
+
+
+def edit(image_path: Path, mask_path: Path | None, prompt: str, args: RunArgs) -> list[Path]:
+    image = images.load_image(image_path)
+    mask_image = images.load_image(mask_path, "mask") if mask_path is not None else None
+    edit_mask = images.edit_mask(image, mask_image, str(mask_path) if mask_path else None)  # [H, W] bool
+    stages, opts, seeds = prepare(args)
+    warn_truncated(stages, prompt)
+    S = opts.size
+    x = images.to_tensor(image, S)[None]
+    m = Image.fromarray(edit_mask.astype(np.uint8) * 255).resize((S, S), Image.BOX)
+    m = torch.from_numpy(np.asarray(m) > 0)[None, None]
+    progress = StageProgress(quiet())
+    with progress.progress:
+        out = cascade.edit(stages, x, m, [prompt], opts, generators(seeds), progress, one_by_one=True)
+    results = [images.composite(image, g, edit_mask) for g in images.to_pil(out)]
+    return write_outputs(results, seeds, args, stages, opts, "edit", prompt, progress.timings,
+                         {"source": str(image_path), "mask": str(mask_path) if mask_path else "alpha"})
+
+
+# Output --------------------------------------------------------------------------------------
+
+
+def _params(mode: str, prompt: str, seed: int, im, stages, opts, hashes: dict, extra: dict | None) -> dict:
+    """What a PNG records about how it was made (None values left out)."""
+    from unclip_cli import __version__
+
     spec = stages.spec
-    hashes = {s: spec.stages[s].sha256 for s in stages.paths}
-    model_hash = (spec.stages["decoder"].sha256 or "")[:10]
+    prior = mode != "vary"
+    params = {
+        "mode": mode, "prompt": prompt, "seed": seed, "model": spec.name,
+        "model_hash": (spec.stages["decoder"].sha256 or "")[:10], "size": f"{im.size[0]}x{im.size[1]}",
+        "sampler": opts.sampler, "prior_steps": opts.prior_steps if prior else None,
+        "prior_guidance": opts.prior_guidance if prior else None, "decoder_steps": opts.decoder_steps,
+        "decoder_guidance": opts.decoder_guidance, "sr_steps": opts.sr_steps if opts.size >= 256 else None,
+        "files": hashes, "version": __version__, **(extra or {}),
+    }
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def write_outputs(pils, seeds, args: RunArgs, stages, opts, mode: str, prompt: str, timings: dict, extra=None):
+    hashes = {s: stages.spec.stages[s].sha256 for s in stages.paths}
     paths = []
     for im, seed in zip(pils, seeds):
-        params = {
-            "mode": mode, "prompt": prompt, "seed": seed, "model": spec.name, "model_hash": model_hash,
-            "size": f"{im.size[0]}x{im.size[1]}", "sampler": opts.sampler,
-            "prior_steps": opts.prior_steps if mode != "vary" else None,
-            "prior_guidance": opts.prior_guidance if mode != "vary" else None,
-            "decoder_steps": opts.decoder_steps, "decoder_guidance": opts.decoder_guidance,
-            "sr_steps": opts.sr_steps if opts.size >= 256 else None, "files": hashes, "version": _version(),
-            **(extra or {}),
-        }
-        params = {k: v for k, v in params.items() if v is not None}
+        params = _params(mode, prompt, seed, im, stages, opts, hashes, extra)
         data = images.png_bytes(im, params if args.metadata else None)
         paths.append(images.save_new(args.outdir, f"{seed}-{images.slug(prompt or mode)}", data))
     if args.json:
         import json
 
-        out = {"model": spec.name, "images": [{"path": str(p), "seed": s} for p, s in zip(paths, seeds)],
+        out = {"model": stages.spec.name, "images": [{"path": str(p), "seed": s} for p, s in zip(paths, seeds)],
                "timings": timings, "files": hashes, "size": opts.size}
         sys.stdout.write(json.dumps(out) + "\n")
     else:
         for p in paths:
             sys.stdout.write(f"{p}\n")
     return paths
-
-
-def _version() -> str:
-    from unclip_cli import __version__
-
-    return __version__
-
-
-def quiet() -> bool:
-    return bool(os.environ.get("UNCLIP_QUIET"))

@@ -379,26 +379,3 @@ def write_dataset(out_dir, count: int, seed: int, size: int = 256, exclude=HELDO
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def load_folder(folder) -> list[tuple[Path, str]]:
-    """(image path, caption) for every image with a same-named .txt, sorted by relative path."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise ValueError(f"{root} is not a directory")
-    images = sorted(
-        (p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file()),
-        key=lambda p: p.relative_to(root).as_posix(),
-    )
-    if not images:
-        raise ValueError(f"no images ({', '.join(IMAGE_EXTS)}) found in {root}")
-    pairs = []
-    for img in images:
-        txt = img.with_suffix(".txt")
-        if not txt.is_file():
-            raise ValueError(f"caption file {txt} is missing for image {img}")
-        caption = txt.read_text(encoding="utf-8").strip()
-        if not caption:
-            raise ValueError(f"caption file {txt} is empty")
-        pairs.append((img, caption))
-    return pairs

@@ -37,17 +37,21 @@ after ``ln_post`` then projection, as transformers' ``post_layernorm(last_hidden
 
 Text-only checkpoints (Karlo text_to_image): open_clip's ``CLIP`` always builds a vision tower, so
 ``open_clip_config_from_hf`` then describes a tiny placeholder one (the dict stays a plain
-``CLIP(**cfg)`` config) and ``load_hf_clip`` replaces ``model.visual`` with ``AbsentTower``, whose
+``CLIP(**cfg)`` config) and ``clip_module`` replaces ``model.visual`` with ``models.clip.AbsentTower``, whose
 forward raises. A vision-only conversion is refused: the text tower is CLIP's top level.
 """
 from __future__ import annotations
 
+import math
 import re
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-__all__ = ["open_clip_config_from_hf", "convert_state_dict", "load_hf_clip", "AbsentTower"]
+from unclip_cli.models import clip
+from unclip_cli.weights import checkpoint
+
+__all__ = ["open_clip_config_from_hf", "convert_state_dict", "clip_module", "load_hf_clip"]
 
 # transformers' CLIPTextConfig / CLIPVisionConfig defaults, for keys a config.json leaves out.
 _TEXT_DEFAULTS = dict(vocab_size=49408, hidden_size=512, intermediate_size=2048, num_hidden_layers=12,
@@ -196,35 +200,25 @@ def convert_state_dict(hf_sd: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-class AbsentTower(nn.Module):
-    """Stands in for a tower the checkpoint did not contain; calling it raises."""
-
-    def __init__(self, name: str):
-        super().__init__()
-        self.name = name
-
-    def forward(self, *args, **kwargs):
-        raise RuntimeError(f"this CLIP was converted without a {self.name} tower")
-
-    def set_grad_checkpointing(self, enable: bool = True):
-        pass
+def clip_module(text_config: dict | None, vision_config: dict | None, projection_dim: int):
+    """The open_clip model for transformers configs, on the meta device (no init, no memory)."""
+    with torch.device("meta"):
+        model = clip.build_model(open_clip_config_from_hf(text_config, vision_config, projection_dim))
+    if vision_config is None:
+        model.visual = clip.AbsentTower("vision")
+    return model
 
 
 def load_hf_clip(text_config: dict | None, vision_config: dict | None, projection_dim: int,
-                 hf_state_dict: dict[str, Tensor]):
+                 hf_state_dict: dict[str, Tensor], device="cpu", dtype=torch.float32, stage: str = "clip"):
     """Build an ``open_clip.model.CLIP`` from transformers configs + state dict (strict load).
 
     With ``vision_config=None`` the vision tower is an ``AbsentTower`` and vision keys in the state
-    dict are an error. A checkpoint without ``logit_scale`` (``*WithProjection`` files) keeps
-    open_clip's initial value, ln(1/0.07). Returns the model in eval mode, float32."""
-    from open_clip.model import CLIP
-
-    model = CLIP(**open_clip_config_from_hf(text_config, vision_config, projection_dim))
-    if vision_config is None:
-        model.visual = AbsentTower("vision")
+    dict are an error. A checkpoint without ``logit_scale`` (``*WithProjection`` files) gets
+    open_clip's initial value, ln(1/0.07). Returns the model in eval mode."""
+    model = clip_module(text_config, vision_config, projection_dim)
     sd = convert_state_dict(hf_state_dict)
     if vision_config is None and any(k.startswith("visual.") for k in sd):
         raise ValueError("state dict has vision tower weights but vision_config is None")
-    sd.setdefault("logit_scale", model.logit_scale.detach().clone())
-    model.load_state_dict(sd, strict=True)
-    return model.eval()
+    sd.setdefault("logit_scale", torch.tensor(math.log(1 / 0.07)))
+    return checkpoint.load_into(model, sd, stage, device, dtype)

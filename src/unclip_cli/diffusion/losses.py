@@ -1,10 +1,12 @@
-"""Training losses: noise-prediction MSE and Improved DDPM's variational bound term for learned variance."""
+"""Training losses: MSE on a stage's prediction target, plus Improved DDPM's variational bound term for learned variance."""
 
 import math
 
 import torch
+import torch.nn.functional as F
 
-from unclip_cli import diffusion as D
+from unclip_cli.diffusion import gaussian as D
+from unclip_cli.diffusion.spec import DiffusionSpec
 
 
 def _gather(v: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -42,7 +44,7 @@ def hybrid_loss(schedule: D.Schedule, out: torch.Tensor, x0: torch.Tensor, x_t: 
     """
     C = x0.shape[1]
     pred, v = out[:, :C], out[:, C:]
-    target = noise if prediction == "epsilon" else D.v_target(schedule, x0, t, noise)
+    target = prediction_target(prediction, schedule, x0, t, noise)
     mse = ((pred - target) ** 2).mean(dim=(1, 2, 3))
     betas, abar_all = schedule.betas, schedule.alphas_cumprod
     abar_prev_all = torch.cat([torch.ones(1), abar_all[:-1]])
@@ -66,3 +68,22 @@ def hybrid_loss(schedule: D.Schedule, out: torch.Tensor, x0: torch.Tensor, x_t: 
     # L_hybrid = L_simple + lambda * L_vb, where L_vb's one-term estimate is T * vb.
     loss = mse + vb_weight * schedule.num_timesteps * vb
     return {"mse": mse.mean(), "vb": vb.mean(), "loss": loss.mean()}
+
+
+def prediction_target(prediction: str, schedule: D.Schedule, x0, t, noise) -> torch.Tensor:
+    """What a network of this prediction type should output for x_t = q_sample(x0, t, noise)."""
+    if prediction == "epsilon":
+        return noise
+    if prediction == "v":
+        return D.v_target(schedule, x0, t, noise)
+    return x0
+
+
+def diffusion_loss(spec: DiffusionSpec, schedule: D.Schedule, out: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor,
+                   t: torch.Tensor, noise: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The loss a stage's spec implies: L_hybrid for a learned-range variance, else MSE on the prediction target."""
+    if spec.learned_variance:
+        if spec.prediction == "sample":
+            raise ValueError("a learned-range variance is trained with eps or v prediction, not x0")
+        return hybrid_loss(schedule, out, x0, x_t, t, noise, prediction=spec.prediction)
+    return {"loss": F.mse_loss(out, prediction_target(spec.prediction, schedule, x0, t, noise))}

@@ -1,4 +1,4 @@
-"""What each trainable stage needs: its module, how a batch is drawn, and its loss.
+"""What each trainable stage needs: its module, its DiffusionSpec, how a batch is drawn, and its loss.
 
 - clip: contrastive (open_clip's model and ClipLoss) on image-caption pairs.
 - prior: x0-prediction MSE on normalised CLIP image embeddings given the CLIP text encoding;
@@ -9,37 +9,41 @@
   (Gaussian blur for 64->256, a BSR-style blur/noise/JPEG mix for 256->1024).
 """
 
-import io
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
-from unclip_cli import checkpoint, clip, diffusion, losses
+from unclip_cli.weights import checkpoint
+from unclip_cli.models import clip
+from unclip_cli.diffusion import gaussian, losses
+from unclip_cli.diffusion.spec import DiffusionSpec
 from unclip_cli.errors import UnclipError
-from unclip_cli.prior import Prior, PriorConfig
-from unclip_cli.text_proj import TextProj, TextProjConfig
-from unclip_cli.unet import UNet, UNetConfig
+from unclip_cli.train.data import degrade, load_images, to_float
+from unclip_cli.models.prior import Prior, PriorConfig
+from unclip_cli.models.text_proj import TextProj, TextProjConfig
+from unclip_cli.models.unet import UNet, UNetConfig
 
 
-def load_images(folder: str | Path, size: int, limit: int | None = None) -> tuple[torch.Tensor, list[str]]:
-    """All images of an image+caption folder as uint8 [N, 3, size, size], and their captions."""
-    from unclip_cli.shapes import load_folder
-
+def diffusion_spec(raw: dict, *, prediction: str, variance: str = "fixed_small", clamp: float | None = 1.0,
+                   channels: int | None = None, out_channels: int | None = None) -> DiffusionSpec:
+    """The stage's DiffusionSpec: the config's [diffusion] table over this stage's defaults; a UNet's
+    out_channels must hold the prediction (and as many learned-variance channels)."""
+    given = dict(raw.get("diffusion", {}))
+    variance = given.get("variance", variance)
+    fields = {"prediction": prediction, "variance": variance, "clamp": clamp, **given}
+    if variance == "learned_range":
+        fields.setdefault("guided_channels", channels)
     try:
-        pairs = load_folder(folder)
-    except ValueError as e:
-        raise UnclipError(str(e)) from None
-    pairs = pairs[:limit] if limit else pairs
-    arr = np.stack([np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.BOX)) for p, _ in pairs])
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous(), [c for _, c in pairs]
-
-
-def to_float(x: torch.Tensor) -> torch.Tensor:
-    return x.float() / 127.5 - 1.0
+        spec = DiffusionSpec.from_dict(fields)
+    except (TypeError, ValueError) as e:
+        raise UnclipError(f"[diffusion]: {e}") from None
+    if out_channels is not None and out_channels != channels * (2 if spec.learned_variance else 1):
+        raise UnclipError(f"[model] out_channels = {out_channels}, but a {spec.variance} variance over {channels} "
+                          f"image channels needs {channels * (2 if spec.learned_variance else 1)}")
+    return spec
 
 
 def _sample_t(n: int, T: int, gen) -> torch.Tensor:
@@ -77,7 +81,7 @@ class ClipTask(Task):
         pix = (self.images[idx].float() / 255.0 - self.mean) / self.std
         ids = self.ids[idx]
         if self.hard_negatives:
-            from unclip_cli import shapes
+            from unclip_cli.shapes import world as shapes
 
             rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=gen)))
             negs = [c for c in (shapes.hard_negative(self.captions[i], rng) for i in idx.tolist()) if c is not None]
@@ -101,7 +105,7 @@ class ClipTask(Task):
             model.logit_scale.clamp_(0, 4.6052)
 
     def exports(self) -> dict:
-        return {"clip": ("clip", self.config, "")}
+        return {"clip": ("clip", self.config, "", None)}
 
 
 # Conditioning from a trained CLIP ------------------------------------------------------------
@@ -156,7 +160,8 @@ class PriorTask(Task):
             self.module.clip_std.copy_(self.data.image_embeds.std(0, keepdim=True) + 1e-6)
         self.module.clip_mean.requires_grad_(False)
         self.module.clip_std.requires_grad_(False)
-        self.schedule = diffusion.cosine_schedule(1000)
+        self.spec = diffusion_spec(raw, prediction="sample", clamp=5.0)
+        self.schedule = gaussian.schedule_of(self.spec)
         self.text_drop = raw.get("dropout", {}).get("text", 0.1)
         self.device = d.device
 
@@ -170,13 +175,13 @@ class PriorTask(Task):
         x0 = model.normalize(batch["x0"])
         t = _sample_t(len(x0), self.schedule.num_timesteps, gen).to(x0.device)
         noise = torch.randn(x0.shape, generator=gen).to(x0.device)
-        x_t = diffusion.q_sample(self.schedule, x0, t, noise)
+        x_t = gaussian.q_sample(self.schedule, x0, t, noise)
         text = batch["text"]
-        pred = net(x_t, t, text_embed=text.embed, text_tokens=text.tokens, text_mask=text.mask)
-        return {"loss": F.mse_loss(pred, x0)}
+        out = net(x_t, t, text_embed=text.embed, text_tokens=text.tokens, text_mask=text.mask)
+        return losses.diffusion_loss(self.spec, self.schedule, out, x0, x_t, t, noise)
 
     def exports(self) -> dict:
-        return {"prior": ("prior", self.config, "")}
+        return {"prior": ("prior", self.config, "", self.spec)}
 
 
 # Decoder -------------------------------------------------------------------------------------
@@ -206,7 +211,9 @@ class DecoderTask(Task):
         self.module = DecoderNet(self.unet_cfg, self.proj_cfg)
         drop = raw.get("dropout", {})
         self.image_drop, self.text_drop = drop.get("image", 0.1), drop.get("text", 0.5)
-        self.schedule = diffusion.cosine_schedule(1000)
+        self.spec = diffusion_spec(raw, prediction="epsilon", variance="learned_range", channels=3,
+                                   out_channels=self.unet_cfg.out_channels)
+        self.schedule = gaussian.schedule_of(self.spec)
         self.device = d.device
 
     def batch(self, n: int, gen) -> dict:
@@ -221,52 +228,16 @@ class DecoderTask(Task):
         x0 = batch["x0"]
         t = _sample_t(len(x0), self.schedule.num_timesteps, gen).to(x0.device)
         noise = torch.randn(x0.shape, generator=gen).to(x0.device)
-        x_t = diffusion.q_sample(self.schedule, x0, t, noise)
+        x_t = gaussian.q_sample(self.schedule, x0, t, noise)
         out = net(x_t, t, batch["image_embed"], batch["image_drop"], batch["text"])
-        if self.unet_cfg.out_channels == 2 * self.unet_cfg.in_channels:
-            return losses.hybrid_loss(self.schedule, out, x0, x_t, t, noise, prediction=self.unet_cfg.prediction)
-        target = noise if self.unet_cfg.prediction == "epsilon" else diffusion.v_target(self.schedule, x0, t, noise)
-        return {"loss": F.mse_loss(out, target)}
+        return losses.diffusion_loss(self.spec, self.schedule, out, x0, x_t, t, noise)
 
     def exports(self) -> dict:
-        return {"decoder": ("unet", self.unet_cfg, "unet."), "text_proj": ("text_proj", self.proj_cfg, "text_proj.")}
+        return {"decoder": ("unet", self.unet_cfg, "unet.", self.spec),
+                "text_proj": ("text_proj", self.proj_cfg, "text_proj.", None)}
 
 
 # Upsampler -----------------------------------------------------------------------------------
-
-
-def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Per-sample Gaussian blur of [B, C, H, W] with std sigma [B] (pixels)."""
-    r = 3
-    coords = torch.arange(-r, r + 1, dtype=x.dtype)
-    k = torch.exp(-(coords[None] ** 2) / (2 * sigma[:, None].clamp(min=1e-3) ** 2))
-    k = k / k.sum(dim=1, keepdim=True)  # [B, 2r+1]
-    B, C, H, W = x.shape
-    y = F.pad(x, (r, r, r, r), mode="replicate").reshape(1, B * C, H + 2 * r, W + 2 * r)
-    kh = k.repeat_interleave(C, 0)[:, None, None, :]
-    kv = k.repeat_interleave(C, 0)[:, None, :, None]
-    y = F.conv2d(F.conv2d(y, kh, groups=B * C), kv, groups=B * C)
-    return y.reshape(B, C, H, W)
-
-
-def degrade(low: torch.Tensor, kind: str, gen) -> torch.Tensor:
-    """Corrupt low-res conditioning images in [-1, 1] so the upsampler learns to repair them."""
-    B = low.shape[0]
-    if kind == "none":
-        return low
-    sigma = 0.1 + torch.rand(B, generator=gen) * (0.6 if kind == "blur" else 1.2)
-    low = gaussian_blur(low, sigma)
-    if kind == "bsr":
-        noise_std = torch.rand(B, generator=gen) * 0.04
-        low = low + noise_std[:, None, None, None] * torch.randn(low.shape, generator=gen)
-        out = []
-        for i in range(B):  # JPEG round trip at a random quality
-            im = Image.fromarray(((low[i].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy())
-            buf = io.BytesIO()
-            im.save(buf, format="JPEG", quality=int(torch.randint(40, 96, (1,), generator=gen)))
-            out.append(torch.from_numpy(np.asarray(Image.open(buf)).copy()).permute(2, 0, 1))
-        low = to_float(torch.stack(out))
-    return low.clamp(-1, 1)
 
 
 class UpsamplerTask(Task):
@@ -278,7 +249,9 @@ class UpsamplerTask(Task):
         self.images, _ = load_images(raw["data"]["folder"], self.high, raw["data"].get("limit"))
         self.config = UNetConfig(**raw["model"])
         self.module = UNet(self.config)
-        self.schedule = diffusion.cosine_schedule(1000)
+        self.spec = diffusion_spec(raw, prediction="epsilon", variance="fixed_small", channels=3,
+                                   out_channels=self.config.out_channels)
+        self.schedule = gaussian.schedule_of(self.spec)
         self.device = d.device
 
     def batch(self, n: int, gen) -> dict:
@@ -296,12 +269,12 @@ class UpsamplerTask(Task):
         x0 = batch["x0"]
         t = _sample_t(len(x0), self.schedule.num_timesteps, gen).to(x0.device)
         noise = torch.randn(x0.shape, generator=gen).to(x0.device)
-        out = net(diffusion.q_sample(self.schedule, x0, t, noise), t, low_res=batch["low_res"])
-        target = noise if self.config.prediction == "epsilon" else diffusion.v_target(self.schedule, x0, t, noise)
-        return {"loss": F.mse_loss(out, target)}
+        x_t = gaussian.q_sample(self.schedule, x0, t, noise)
+        out = net(x_t, t, low_res=batch["low_res"])
+        return losses.diffusion_loss(self.spec, self.schedule, out, x0, x_t, t, noise)
 
     def exports(self) -> dict:
-        return {self.name: ("unet", self.config, "")}
+        return {self.name: ("unet", self.config, "", self.spec)}
 
 
 def _clip_cfg(raw: dict) -> dict:
@@ -314,7 +287,17 @@ def _clip_cfg(raw: dict) -> dict:
 TASKS = {"clip": ClipTask, "prior": PriorTask, "decoder": DecoderTask, "upsampler": UpsamplerTask}
 
 
+def _relative_to(raw: dict, base: Path) -> dict:
+    """The config with its [data] paths (folder, clip) taken relative to the config file's folder."""
+    data = dict(raw["data"])
+    for key in ("folder", "clip"):
+        if key in data:
+            data[key] = str(base / Path(data[key]).expanduser())  # an absolute path stays as it is
+    return {**raw, "data": data}
+
+
 def make(stage: str, raw: dict, base: Path, d, seed: int = 0) -> Task:
+    """The task of a stage from its training config; `base`: the config file's folder."""
     if stage not in TASKS:
         raise UnclipError(f"unknown stage '{stage}' (train one of: {', '.join(TASKS)})")
     for section in ("model", "data"):
@@ -322,4 +305,4 @@ def make(stage: str, raw: dict, base: Path, d, seed: int = 0) -> Task:
             raise UnclipError(f"the training config has no [{section}] section")
     with torch.random.fork_rng(devices=[]):  # seeded weight init without touching the caller's RNG
         torch.manual_seed(seed)
-        return TASKS[stage](raw, d)
+        return TASKS[stage](_relative_to(raw, base), d)

@@ -1,44 +1,28 @@
 """Karlo v1 alpha in diffusers layout: configs and weights -> unclip's modules, strictly.
 
-A folder in diffusers layout (a copy of kakaobrain/karlo-v1-alpha or karlo-v1-alpha-image-variations,
-or any checkpoint with the same configs) is a model: `spec_from_folder` maps its subfolders to our
-stages, `check_stage` checks one stage file from its safetensors header only, and `build_stage`
-builds the module on the meta device and loads it strictly (`checkpoint.load_into`).
+`check_stage` checks one stage file from its safetensors header only, `build_stage` builds the
+module on the meta device and loads it strictly (`checkpoint.load_into`), and `stage_diffusion`
+gives a stage's DiffusionSpec (from the folder's scheduler config, else Karlo's). Which subfolder
+is which stage: `folder.py`.
 
-Our prior, UNet and text_proj use diffusers' parameter names, so the rename tables (`RENAMES`) are
-empty: a diffusers key *is* our key. CLIP goes through `unclip_cli.hf_clip` (transformers ->
-open_clip). Config translation refuses, naming the field, every value whose behaviour unclip does
-not implement, and every field it does not know. Only safetensors are read; pickle-only folders are
-refused. Sampling defaults are Karlo's (and the prior clamp is read from prior_scheduler).
+Our prior, UNet and text_proj use diffusers' parameter names: a diffusers key *is* our key. CLIP
+goes through `hf_clip` (transformers -> open_clip). Config translation refuses, naming the field,
+every value whose behaviour unclip does not implement, and every field it does not know.
 """
 
 import json
-import math
 from pathlib import Path
 
 import torch
 
-from unclip_cli import checkpoint, hf_clip, weights
+from unclip_cli.diffusion.spec import DiffusionSpec
 from unclip_cli.errors import UnclipError
-from unclip_cli.prior import Prior, PriorConfig
-from unclip_cli.text_proj import TextProj, TextProjConfig
-from unclip_cli.unet import UNet, UNetConfig
-
-# stage -> (subfolder, class it must hold). clip_vision joins clip into one open_clip model.
-FOLDERS = {
-    "clip": ("text_encoder", "CLIPTextModelWithProjection"),
-    "clip_vision": ("image_encoder", "CLIPVisionModelWithProjection"),
-    "prior": ("prior", "PriorTransformer"),
-    "text_proj": ("text_proj", "UnCLIPTextProjModel"),
-    "decoder": ("decoder", "UNet2DConditionModel"),
-    "sr256": ("super_res_first", "UNet2DModel"),
-    "sr256_last": ("super_res_last", "UNet2DModel"),
-}
-# diffusers key -> unclip key, per stage. Empty by design: our modules use diffusers' names.
-RENAMES: dict[str, dict[str, str]] = {"prior": {}, "text_proj": {}, "decoder": {}, "sr256": {}, "sr256_last": {}}
-
-# Karlo's sampling defaults (UnCLIPPipeline's call defaults; prior clamp from prior_scheduler).
-DEFAULTS = dict(prior_steps=25, decoder_steps=25, sr_steps=7, prior_guidance=4.0, decoder_guidance=8.0, prior_clip=5.0)
+from unclip_cli.models.prior import Prior, PriorConfig
+from unclip_cli.models.text_proj import TextProj, TextProjConfig
+from unclip_cli.models.unet import UNet, UNetConfig
+from unclip_cli.weights import checkpoint, folder, hf_clip
+from unclip_cli.weights.folder import read_json as _read_json
+from unclip_cli.weights.spec import ModelSpec
 
 # Fields that do not change what these block types compute (or only their precision / training).
 IGNORED = {"_class_name", "_diffusers_version", "_name_or_path", "_use_default_values", "dropout",
@@ -97,15 +81,6 @@ TRANSLATED = {
 }
 _DOWN = {"ResnetDownsampleBlock2D": False, "SimpleCrossAttnDownBlock2D": True}  # block type -> has attention
 _UP = {False: "ResnetUpsampleBlock2D", True: "SimpleCrossAttnUpBlock2D"}
-
-
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UnclipError(f"{what}: {path} does not exist") from None
-    except (OSError, ValueError) as e:
-        raise UnclipError(f"{what}: cannot read {path} ({e})") from None
 
 
 def _checked(cfg: dict, cls: str, where: str) -> dict:
@@ -184,8 +159,8 @@ def _tower_cfg(cfg: dict | None, kind: str) -> dict | None:
     return {**cfg[f"{kind}_config"], "model_type": f"clip_{kind}_model", "projection_dim": projection_dim}
 
 
-def clip_config(text_cfg: dict | None, vision_cfg: dict | None, where: str = "CLIP config") -> dict:
-    """transformers CLIP configs (CLIP*ModelWithProjection, or CLIPModel) -> open_clip CLIP config."""
+def clip_towers(text_cfg: dict | None, vision_cfg: dict | None, where: str = "CLIP config") -> tuple:
+    """transformers CLIP configs (CLIP*ModelWithProjection, or CLIPModel) -> (text, vision, projection_dim), checked."""
     text_cfg, vision_cfg = _tower_cfg(text_cfg, "text"), _tower_cfg(vision_cfg, "vision")
     for cfg, kind in ((text_cfg, "clip_text_model"), (vision_cfg, "clip_vision_model")):
         if cfg is not None and cfg.get("model_type") != kind:
@@ -196,10 +171,7 @@ def clip_config(text_cfg: dict | None, vision_cfg: dict | None, where: str = "CL
     if text_cfg is None:  # header check of the image encoder alone: a placeholder text tower
         text_cfg = dict(hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8, vocab_size=1,
                         max_position_embeddings=1, hidden_act=vision_cfg.get("hidden_act", "quick_gelu"))
-    try:
-        return hf_clip.open_clip_config_from_hf(text_cfg, vision_cfg, dims.pop())
-    except ValueError as e:
-        raise UnclipError(f"{where}: {e}") from None
+    return text_cfg, vision_cfg, dims.pop()
 
 
 def _module(stage: str, cfg: dict, where: str) -> torch.nn.Module:
@@ -215,13 +187,10 @@ def _module(stage: str, cfg: dict, where: str) -> torch.nn.Module:
 
 
 def _clip_module(text_cfg: dict | None, vision_cfg: dict | None, where: str):
-    from open_clip.model import CLIP
-
-    with torch.device("meta"):
-        model = CLIP(**clip_config(text_cfg, vision_cfg, where))
-    if vision_cfg is None:
-        model.visual = hf_clip.AbsentTower("vision")
-    return model
+    try:
+        return hf_clip.clip_module(*clip_towers(text_cfg, vision_cfg, where))
+    except ValueError as e:
+        raise UnclipError(f"{where}: {e}") from None
 
 
 def _convert_clip(stage: str, hf: dict) -> dict:
@@ -229,17 +198,6 @@ def _convert_clip(stage: str, hf: dict) -> dict:
         return hf_clip.convert_state_dict(hf)
     except ValueError as e:
         raise UnclipError(f"stage '{stage}': {e}") from None
-
-
-def _rename(stage: str, keys: dict) -> dict:
-    table = RENAMES.get(stage, {})
-    return {table.get(k, k): v for k, v in keys.items()}
-
-
-def _load(module: torch.nn.Module, tensors: dict, stage: str, device, dtype) -> torch.nn.Module:
-    # checkpoint.read_tensors gives each tensor its own aligned buffer (never views into a memory map at
-    # arbitrary offsets: MKL's batch-of-one GEMMs round differently on unaligned data, 1e-7 that t=999 amplifies).
-    return checkpoint.load_into(module, tensors, stage, device, dtype)
 
 
 def check_stage(stage: str, weights_path, config_path) -> None:
@@ -256,7 +214,6 @@ def check_stage(stage: str, weights_path, config_path) -> None:
         found = {k: tuple(v.shape) for k, v in _convert_clip(stage, meta).items() if k != "logit_scale"}
     else:
         expected = {k: tuple(v.shape) for k, v in _module(stage, cfg, where).state_dict().items()}
-        found = _rename(stage, found)
     checkpoint.check_strict(stage, expected, found)
 
 
@@ -265,26 +222,37 @@ def build_stage(stage: str, weights_path, config_path, device, dtype) -> torch.n
 
     For `clip`, weights_path/config_path may be (text_encoder, image_encoder) pairs: one open_clip model.
     """
-    if stage == "clip":
-        paths = list(weights_path) if isinstance(weights_path, (tuple, list)) else [weights_path]
-        cfg_paths = list(config_path) if isinstance(config_path, (tuple, list)) else [config_path]
-        cfgs = [_read_json(p, f"stage '{stage}'") for p in cfg_paths] + [None]
-        model = _clip_module(cfgs[0], cfgs[1], f"stage '{stage}' ({cfg_paths[0]})")
-        hf = {}
-        for p, tower in zip(paths, ("clip", "clip_vision")):
-            own = checkpoint.read_tensors(Path(p), stage).items()
-            hf.update({k: v for k, v in own if not k.startswith(OTHER_TOWER[tower])})
-        tensors = _convert_clip(stage, hf)
-        tensors.setdefault("logit_scale", torch.tensor(math.log(1 / 0.07)))  # *WithProjection files have none
-        return _load(model, tensors, stage, device, dtype)
-    module = _module(stage, _read_json(config_path, f"stage '{stage}'"), f"stage '{stage}' ({config_path})")
-    return _load(module, _rename(stage, checkpoint.read_tensors(Path(weights_path), stage)), stage, device, dtype)
+    if stage != "clip":
+        module = _module(stage, _read_json(config_path, f"stage '{stage}'"), f"stage '{stage}' ({config_path})")
+        # read_tensors gives each tensor its own aligned buffer (never views into a memory map at arbitrary
+        # offsets: MKL's batch-of-one GEMMs round differently on unaligned data, 1e-7 that t=999 amplifies).
+        return checkpoint.load_into(module, checkpoint.read_tensors(Path(weights_path), stage), stage, device, dtype)
+    paths = list(weights_path) if isinstance(weights_path, (tuple, list)) else [weights_path]
+    cfg_paths = list(config_path) if isinstance(config_path, (tuple, list)) else [config_path]
+    cfgs = [_read_json(p, f"stage '{stage}'") for p in cfg_paths] + [None]
+    towers = clip_towers(cfgs[0], cfgs[1], f"stage '{stage}' ({cfg_paths[0]})")
+    hf = {}
+    for p, tower in zip(paths, ("clip", "clip_vision")):
+        own = checkpoint.read_tensors(Path(p), stage).items()
+        hf.update({k: v for k, v in own if not k.startswith(OTHER_TOWER[tower])})
+    try:
+        return hf_clip.load_hf_clip(*towers, hf, device, dtype, stage=stage)
+    except ValueError as e:
+        raise UnclipError(f"stage '{stage}': {e}") from None
 
 
-# A folder in diffusers layout as a model --------------------------------------------------------
+def stage_diffusion(stage: str, model: ModelSpec, stage_config: dict) -> DiffusionSpec | None:
+    """A diffusion stage's spec: from the folder's scheduler_config.json, else Karlo's (HUB_SCHEDULERS)."""
+    if stage not in folder.SCHEDULER_OF:
+        return None
+    if stage in model.diffusion:
+        return model.diffusion[stage]
+    name = folder.SCHEDULER_OF[stage]
+    return folder.diffusion_spec(HUB_SCHEDULERS[name], stage_config, f"{name} of model '{model.name}'")
 
-_SCHED_DEFAULT = dict(_class_name="UnCLIPScheduler", beta_schedule="squaredcos_cap_v2", variance_type="fixed_small_log",
-                      prediction_type="epsilon", clip_sample=True, clip_sample_range=1.0)
+
+# Karlo's own files ------------------------------------------------------------------------------
+
 # Karlo v1 alpha's config.json values (shared/reference/karlo.md sec. 1.2), as the 0.11-era hub files spell them
 # (newer fields absent); tests and benchmarks write these.
 HUB_CONFIGS = {
@@ -329,76 +297,3 @@ HUB_SCHEDULERS = {
     "super_res_scheduler": dict(variance_type="fixed_small_log", prediction_type="epsilon", clip_sample=True,
                                 clip_sample_range=1.0, num_train_timesteps=1000),
 }
-# What our pipeline does in each stage (pipeline.prior_stage / decoder_stage / upsample_stage): a folder whose
-# scheduler_config.json asks for anything else is refused when it is loaded.
-SCHEDULERS = {
-    "prior_scheduler": dict(prediction_type="sample", variance_type="fixed_small_log"),
-    "decoder_scheduler": dict(prediction_type="epsilon", variance_type="learned_range", clip_sample=True,
-                              clip_sample_range=1.0),
-    "super_res_scheduler": dict(prediction_type="epsilon", variance_type="fixed_small_log", clip_sample=True,
-                                clip_sample_range=1.0),
-}
-
-
-def _weights_file(sub: Path) -> Path:
-    """The one safetensors weights file of a component folder; pickles are refused."""
-    for name in ("diffusion_pytorch_model.safetensors", "model.safetensors"):
-        if (sub / name).is_file():
-            return sub / name
-    found = sorted(sub.glob("*.safetensors"))
-    if len(found) == 1:
-        return found[0]
-    if found or list(sub.glob("*.safetensors.index.json")):
-        raise UnclipError(f"{sub}: several or sharded .safetensors files; unclip reads one file per component")
-    if list(sub.glob("*.bin")) or list(sub.glob("*.pt*")) or list(sub.glob("*.ckpt")):
-        raise UnclipError(f"{sub} has only pickle weights (.bin); unclip never loads pickles. Use a safetensors copy "
-                          "(on the Hub, the SFconvertbot pull request of the repo) or convert it with safetensors")
-    raise UnclipError(f"{sub}: no .safetensors weights file")
-
-
-def _scheduler_defaults(root: Path) -> dict:
-    """Check the scheduler configs against what our pipeline does; read the prior clamp and T."""
-    out, steps = {}, set()
-    for folder, expect in SCHEDULERS.items():
-        path = root / folder / "scheduler_config.json"
-        if not path.is_file():
-            continue
-        cfg = _read_json(path, "scheduler")
-        for field, value in {"_class_name": "UnCLIPScheduler", "beta_schedule": "squaredcos_cap_v2", **expect}.items():
-            if cfg.get(field, _SCHED_DEFAULT[field]) != value:
-                raise UnclipError(f"{path}: {field} = {json.dumps(cfg.get(field))} is not supported "
-                                  f"(unclip: {json.dumps(value)})")
-        steps.add(int(cfg.get("num_train_timesteps", 1000)))
-        if folder == "prior_scheduler":
-            out["prior_clip"] = float(cfg.get("clip_sample_range", 1.0)) if cfg.get("clip_sample", True) else None
-    if len(steps) > 1:
-        raise UnclipError(f"{root}: schedulers disagree on num_train_timesteps ({sorted(steps)})")
-    return out | ({"num_timesteps": steps.pop()} if steps else {})
-
-
-def spec_from_folder(path) -> weights.ModelSpec:
-    """A model spec for a local folder in diffusers layout (model_index.json + one subfolder per component)."""
-    root = Path(path).expanduser().resolve()
-    index = _read_json(root / "model_index.json", f"model folder {root}")
-    pipe = index.get("_class_name")
-    if pipe not in ("UnCLIPPipeline", "UnCLIPImageVariationPipeline"):
-        raise UnclipError(f"{root}/model_index.json: _class_name = {pipe!r}; unclip reads UnCLIPPipeline "
-                          "(karlo-v1-alpha) and UnCLIPImageVariationPipeline (karlo-v1-alpha-image-variations)")
-    stages, configs = {}, {}
-    for stage, (folder, cls) in FOLDERS.items():
-        entry = index.get(folder)
-        if not entry or entry[-1] is None:
-            continue
-        if entry[-1] != cls:
-            raise UnclipError(f"{root}/model_index.json: {folder} is {entry[-1]}, unclip reads {cls}")
-        if not (root / folder / "config.json").is_file():
-            raise UnclipError(f"{root / folder}: config.json is missing")
-        stages[stage] = weights.Source(path=_weights_file(root / folder))
-        configs[stage] = weights.Source(path=root / folder / "config.json")
-    missing = [FOLDERS[s][0] for s in ("clip", "text_proj", "decoder") if s not in stages]
-    if "prior" not in stages and "clip_vision" not in stages:
-        missing.append("prior (or image_encoder)")
-    if missing:
-        raise UnclipError(f"{root}: no {', '.join(missing)} component in model_index.json")
-    return weights.ModelSpec(name=str(root), description=f"{pipe} in diffusers layout", format="diffusers",
-                             stages=stages, configs=configs, defaults={**DEFAULTS, **_scheduler_defaults(root)})

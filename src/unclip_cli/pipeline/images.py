@@ -146,3 +146,14 @@ def read_params(path: str | Path) -> tuple[dict | None, str | None]:
     text = im.info.get(A1111_KEY)
     raw = im.info.get(JSON_KEY)
     return (json.loads(raw) if raw else None), text
+
+
+def composite(original: Image.Image, generated: Image.Image, edit_mask: np.ndarray) -> Image.Image:
+    """The generated image, scaled to the original's size, inside the mask; the original elsewhere."""
+    mode = "RGBA" if "A" in original.getbands() else "RGB"
+    base = np.asarray(original.convert(mode)).copy()
+    gen = np.asarray(generated.resize(original.size, Image.BICUBIC).convert(mode))
+    base[edit_mask] = gen[edit_mask]
+    if mode == "RGBA":
+        base[edit_mask, 3] = 255
+    return Image.fromarray(base, mode)

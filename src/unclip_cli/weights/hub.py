@@ -1,131 +1,16 @@
-"""The model registry (`weights.toml`) and fetching stage files.
-
-A model is a set of stages (clip, prior, text_proj, decoder, sr256, sr256_last, sr1024, sr1024_last),
-each one safetensors file: a local path, a file inside this package (`package = ...`), or a
-Hugging Face Hub file pinned to a commit (`repo`, `revision`, `filename`), with its sha256 (a Hub
-file without one still works but is reported as unverified). Hub files live in huggingface_hub's
-usual cache; a cached file is used without touching the network, and a missing one is downloaded
-resumably (see "Fetching" below). The registry is the packaged `weights.toml` plus, if present, `$UNCLIP_HOME/weights.toml`
-(the user's own models; same format, later entries win).
-"""
+"""Fetching stage files: local paths as they are, Hugging Face Hub files through a resumable client."""
 
 import hashlib
-import json
+import importlib
 import os
 import shutil
 import sys
 import time
-import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from unclip_cli.errors import UnclipError
-
-PACKAGE_DIR = Path(__file__).resolve().parent
-STAGES = ("clip", "clip_vision", "prior", "text_proj", "decoder", "sr256", "sr256_last", "sr1024", "sr1024_last")
-REQUIRED = ("clip", "prior", "text_proj", "decoder")  # an image-variations model may have no prior
-
-
-def unclip_home() -> Path:
-    return Path(os.environ.get("UNCLIP_HOME") or Path.home() / ".local" / "share" / "unclip")
-
-
-@dataclass(frozen=True)
-class Source:
-    """Where one stage file lives."""
-
-    path: Path | None = None
-    repo: str | None = None
-    revision: str | None = None
-    filename: str | None = None
-    sha256: str | None = None
-    size: int | None = None
-
-    def describe(self) -> str:
-        return str(self.path) if self.path else f"{self.repo}@{(self.revision or '')[:10]}/{self.filename}"
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    description: str
-    format: str  # "unclip" (config in the safetensors metadata) or "diffusers"
-    stages: dict[str, Source]
-    defaults: dict = field(default_factory=dict)
-    configs: dict[str, Source] = field(default_factory=dict)  # diffusers: config.json per stage
-
-
-def _source(raw: dict, base: Path, where: str) -> Source:
-    if "package" in raw:
-        path = PACKAGE_DIR / raw["package"]
-    elif "path" in raw:
-        path = Path(os.path.expanduser(raw["path"]))
-        path = path if path.is_absolute() else base / path
-    elif {"repo", "revision", "filename"} <= raw.keys():
-        rev = str(raw["revision"])
-        if len(rev) != 40:
-            raise UnclipError(f"{where}: revision must be a full 40-character commit hash, got '{rev}'")
-        return Source(repo=raw["repo"], revision=rev, filename=raw["filename"], sha256=raw.get("sha256"), size=raw.get("size"))
-    else:
-        raise UnclipError(f"{where}: a stage needs `path`, `package`, or `repo` + `revision` + `filename`")
-    return Source(path=path, sha256=raw.get("sha256"), size=raw.get("size"))
-
-
-def _parse(data: dict, base: Path, origin: str) -> dict[str, ModelSpec]:
-    models = {}
-    for name, raw in data.get("models", {}).items():
-        where = f"{origin} [models.{name}]"
-        stages = {s: _source(r, base, f"{where}.stages.{s}") for s, r in raw.get("stages", {}).items()}
-        unknown = set(stages) - set(STAGES)
-        if unknown:
-            raise UnclipError(f"{where}: unknown stages {sorted(unknown)} (known: {', '.join(STAGES)})")
-        configs = {s: _source(r, base, f"{where}.configs.{s}") for s, r in raw.get("configs", {}).items()}
-        models[name] = ModelSpec(
-            name=name,
-            description=raw.get("description", ""),
-            format=raw.get("format", "unclip"),
-            stages=stages,
-            defaults=dict(raw.get("defaults", {})),
-            configs=configs,
-        )
-    return models
-
-
-def registry_files() -> list[Path]:
-    files = [PACKAGE_DIR / "weights.toml"]
-    user = unclip_home() / "weights.toml"
-    return files + ([user] if user.is_file() else [])
-
-
-def registry() -> tuple[str, dict[str, ModelSpec]]:
-    """(default model name, {name: spec}) from the packaged and the user's weights.toml."""
-    default, models = None, {}
-    for f in registry_files():
-        try:
-            data = tomllib.loads(f.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            raise UnclipError(f"cannot read model registry {f}: {e}") from None
-        default = data.get("default", default)
-        models.update(_parse(data, f.parent, str(f)))
-    return default, models
-
-
-def resolve(name: str | None) -> ModelSpec:
-    """The spec of a named model (None: the default), or of a local folder in diffusers layout."""
-    default, models = registry()
-    name = name or default
-    if name and name not in models and Path(name).expanduser().is_dir():  # registered names win
-        from unclip_cli import karlo
-
-        return karlo.spec_from_folder(name)
-    if name not in models:
-        known = ", ".join(sorted(models)) or "none"
-        raise UnclipError(f"unknown model '{name}' (known models: {known}; see `unclip models list`)")
-    missing = [s for s in REQUIRED if s not in models[name].stages and not (s == "prior" and "clip_vision" in models[name].stages)]
-    if missing:
-        raise UnclipError(f"model '{name}' has no {', '.join(missing)} stage in weights.toml")
-    return models[name]
-
+from unclip_cli.weights.files import _check_size, _remember, _warn, _warn_unverified, human_size as _gb, verify
+from unclip_cli.weights.spec import Source
 
 # Fetching ------------------------------------------------------------------------------------
 #
@@ -152,78 +37,6 @@ CONNECT_TIMEOUT_S = float(os.environ.get("UNCLIP_HUB_CONNECT_TIMEOUT") or 3.0)  
 READ_TIMEOUT_S = 30.0  # a stalled download (no byte for this long) is retried
 OFFLINE_HINT = ("run `unclip models pull {model}` when online, point HF_HUB_CACHE at a Hugging Face cache that has "
                 "it, or use the bundled model (--model shapes)")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _verified_cache() -> Path:
-    return unclip_home() / "verified.json"
-
-
-def _hash_key(path: Path) -> str:
-    st = path.stat()
-    return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
-
-
-def _load_hashes() -> dict:
-    try:
-        return json.loads(_verified_cache().read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _remember(path: Path, value: str) -> None:
-    """Remember a file's hash (or that it was reported unverified) by path, size and mtime."""
-    cache_file = _verified_cache()
-    cache = _load_hashes()
-    cache[_hash_key(path)] = value
-    try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(cache))
-        tmp.replace(cache_file)
-    except OSError:
-        pass  # remembering is an optimisation only
-
-
-def verify(path: Path, expected: str | None, what: str) -> None:
-    """Check a file's sha256 (remembered per path, size and mtime, so big files are hashed once)."""
-    if not expected:
-        return
-    if _load_hashes().get(_hash_key(path)) == expected.lower():
-        return
-    actual = sha256_file(path)
-    if actual != expected.lower():
-        raise UnclipError(f"{what}: sha256 of {path} is {actual}, expected {expected.lower()} (corrupt or wrong file)")
-    _remember(path, actual)
-
-
-def _warn(message: str) -> None:
-    sys.stderr.write(f"warning: {message}\n")
-    sys.stderr.flush()
-
-
-def _check_size(path: Path, src: Source, what: str) -> None:
-    if src.size is not None and path.stat().st_size != src.size:
-        raise UnclipError(f"{what}: {path} has {path.stat().st_size} bytes, weights.toml says {src.size} "
-                          "(corrupt, truncated or wrong file)")
-
-
-def _warn_unverified(path: Path, src: Source, what: str, sha: str | None = None) -> None:
-    """A Hub file without sha256 in weights.toml works, but is reported once (per file version) as unverified."""
-    seen = _load_hashes().get(_hash_key(path), "")
-    if seen.startswith("unverified:"):
-        return
-    sha = sha or sha256_file(path)
-    _warn(f"{what}: {src.describe()} has no sha256 in weights.toml, so it is not verified "
-          f"(its sha256 is {sha}; add `sha256 = \"{sha}\"` to pin it)")
-    _remember(path, f"unverified:{sha}")
 
 
 def hub_offline() -> bool:
@@ -273,7 +86,7 @@ def cached_path(src: Source) -> Path | None:
     return Path(found) if isinstance(found, str) else None
 
 
-def fetch(src: Source, what: str, *, model: str = "", download: bool = True) -> Path:
+def fetch(src: Source, what: str, *, model: str = "") -> Path:
     """Local path of a stage file, downloading it from the Hub if needed; size- and sha256-checked.
 
     A Hub file without sha256 in weights.toml is used but reported (once per file) as unverified.
@@ -286,8 +99,6 @@ def fetch(src: Source, what: str, *, model: str = "", download: bool = True) -> 
     path = cached_path(src)
     sha = None
     if path is None:
-        if not download:
-            raise UnclipError(f"{what}: {src.describe()} is not downloaded (run `unclip models pull {model}`)")
         path, sha = _download(src, what, model)
     _check_size(path, src, what)
     if src.sha256:
@@ -350,7 +161,7 @@ def _download(src: Source, what: str, model: str) -> tuple[Path, str | None]:
     if hub_offline():
         raise _not_available(src, what, model, "HF_HUB_OFFLINE is set")
     try:
-        import httpx2  # noqa: F401  (huggingface_hub >= 1.0 talks httpx2)
+        importlib.import_module("httpx2")  # huggingface_hub >= 1.0 talks httpx2
     except ImportError:
         return _download_with_hf(src, what, model), None
     meta = _probe(src, what, model)
@@ -394,14 +205,36 @@ def _download(src: Source, what: str, model: str) -> tuple[Path, str | None]:
 def _fetch_blob(src: Source, meta, what: str, model: str, blob: Path, expected_sha: str | None,
                 git_sha1: str | None) -> str:
     """Stream the file into its partial file (continuing what is there) and move it to `blob`. Returns its sha256."""
-    import httpx2
-    from huggingface_hub import constants
-    from huggingface_hub.errors import HfHubHTTPError
-    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+    xfer = _open_partial(src, what, meta.size, git_sha1)
+    _stream_with_retries(src, meta, what, model, xfer)
+    return _finish_blob(src, what, model, xfer, blob, expected_sha)
 
+
+class _Transfer:
+    """Where one download stands: its partial file, the bytes in it, their running hashes and failures in a row."""
+
+    def __init__(self, partial: Path, total: int | None, have: int, git_sha1: str | None):
+        self.partial, self.total, self.have, self.git_sha1 = partial, total, have, git_sha1
+        self.failures = 0  # failed attempts in a row without new bytes
+        self.sha, self.git = _new_hashers(total, git_sha1)
+
+    def hash(self, block: bytes) -> None:
+        """Feed bytes that are (or are being) written to the partial file to the hashers."""
+        self.sha.update(block)
+        if self.git:
+            self.git.update(block)
+
+    def restart(self, advance) -> None:
+        """Start the file over: no bytes yet, fresh hashers, the progress bar reset."""
+        self.have = 0
+        self.sha, self.git = _new_hashers(self.total, self.git_sha1)
+        advance(None)
+
+
+def _open_partial(src: Source, what: str, total: int | None, git_sha1: str | None) -> _Transfer:
+    """The partial file to continue (dropped if too long), with disk space checked and its bytes re-hashed."""
     partial = partial_path(src)
     partial.parent.mkdir(parents=True, exist_ok=True)
-    total = meta.size
     have = partial.stat().st_size if partial.exists() else 0
     if total is not None and have > total:
         partial.unlink()
@@ -411,87 +244,118 @@ def _fetch_blob(src: Source, meta, what: str, model: str, blob: Path, expected_s
         if free < total - have:
             raise UnclipError(f"{what}: {src.describe()} needs {_gb(total - have)} more disk space in "
                               f"{partial.parent}, only {_gb(free)} free")
-    sha, git = _new_hashers(total, git_sha1)
+    xfer = _Transfer(partial, total, have, git_sha1)
     if have:  # hash what an earlier call wrote, then continue it
         with open(partial, "rb") as f:
             while block := f.read(1 << 22):
-                sha.update(block)
-                if git:
-                    git.update(block)
+                xfer.hash(block)
+    return xfer
+
+
+def _download_headers(url: str) -> dict:
+    """Hub request headers for a download from `url`: no compression, and no token for another host (a CDN)."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import build_hf_headers
+
     headers = build_hf_headers()
     headers["Accept-Encoding"] = "identity"
-    url = meta.location
     if _origin(url) != _origin(constants.ENDPOINT):  # a CDN: never send the Hub token there
         headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+    return headers
+
+
+def _stream_with_retries(src: Source, meta, what: str, model: str, xfer: _Transfer) -> None:
+    """GET the rest of the file until it is complete: transport errors retried, an HTTP error re-probed once."""
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError
+
+    headers = _download_headers(meta.location)
+    url = meta.location
     timeout = httpx2.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
-    failures, reprobed = 0, False
-    with _Progress(what.split(" of model ")[0], total, have) as advance:
+    reprobed = False
+    with _Progress(what.split(" of model ")[0], xfer.total, xfer.have) as advance:
         try:
-            while total is None or have < total:
-                request_headers = dict(headers, **({"Range": f"bytes={have}-"} if have else {}))
+            while xfer.total is None or xfer.have < xfer.total:
                 try:
-                    with get_session().stream("GET", url, headers=request_headers, timeout=timeout,
-                                              follow_redirects=True) as r:
-                        if r.status_code == 416 and total is not None and have == total:
-                            break
-                        if r.status_code >= 400:
-                            r.read()
-                            hf_raise_for_status(r)
-                        if have and not (r.status_code == 206 and _range_start(r) == have):
-                            have = 0  # the server ignored the range: start over
-                            sha, git = _new_hashers(total, git_sha1)
-                            advance(None)
-                        with open(partial, "ab" if have else "wb") as f:
-                            for chunk in r.iter_bytes():
-                                f.write(chunk)
-                                sha.update(chunk)
-                                if git:
-                                    git.update(chunk)
-                                have += len(chunk)
-                                failures = 0
-                                advance(len(chunk))
-                    if total is None:
-                        total = have  # no size announced: one complete response is the file
+                    if _stream_once(url, headers, timeout, xfer, advance):
+                        break
                 except httpx2.TransportError as e:
-                    failures += 1
-                    if failures > DOWNLOAD_RETRIES:
-                        raise UnclipError(
-                            f"{what}: download of {src.describe()} was interrupted at {_gb(have)} of "
-                            f"{_gb(total) if total else '?'} ({type(e).__name__}); the part is kept: run "
-                            f"`unclip models pull {model or 'MODEL'}` to continue it") from None
-                    time.sleep(RETRY_WAIT_S * min(2 ** (failures - 1), 8))
+                    _wait_before_retry(src, what, model, xfer, e)
                 except HfHubHTTPError as e:
-                    status = e.response.status_code if e.response is not None else "?"
-                    if reprobed:
-                        raise UnclipError(f"{what}: downloading {src.describe()} failed with HTTP {status}; the "
-                                          f"part is kept: run `unclip models pull {model or 'MODEL'}` to continue "
-                                          "it later") from None
-                    reprobed = True  # e.g. an expired CDN link: ask the Hub for a fresh one, once
-                    if status == 416:  # our partial file does not fit the remote file: start over
-                        partial.unlink(missing_ok=True)
-                        have = 0
-                        sha, git = _new_hashers(total, git_sha1)
-                        advance(None)
-                    url = _probe(src, what, model).location
+                    url = _reprobe(src, what, model, xfer, e, advance, again=reprobed)
+                    reprobed = True  # e.g. an expired CDN link: a fresh one from the Hub, once
         except KeyboardInterrupt:
-            sys.stderr.write(f"\n{src.describe()}: stopped at {_gb(have)}; `unclip models pull {model or 'MODEL'}` "
-                             "continues the download\n")
+            sys.stderr.write(f"\n{src.describe()}: stopped at {_gb(xfer.have)}; `unclip models pull "
+                             f"{model or 'MODEL'}` continues the download\n")
             raise
-    if total is not None and have != total:
-        raise UnclipError(f"{what}: download of {src.describe()} ended at {have} of {total} bytes; run "
+
+
+def _stream_once(url: str, headers: dict, timeout, xfer: _Transfer, advance) -> bool:
+    """One GET (ranged when continuing) appended to the partial file; True if a 416 says it is already complete."""
+    from huggingface_hub.utils import get_session, hf_raise_for_status
+
+    request_headers = dict(headers, **({"Range": f"bytes={xfer.have}-"} if xfer.have else {}))
+    with get_session().stream("GET", url, headers=request_headers, timeout=timeout, follow_redirects=True) as r:
+        if r.status_code == 416 and xfer.total is not None and xfer.have == xfer.total:
+            return True
+        if r.status_code >= 400:
+            r.read()
+            hf_raise_for_status(r)
+        if xfer.have and not (r.status_code == 206 and _range_start(r) == xfer.have):
+            xfer.restart(advance)  # the server ignored the range: start over
+        with open(xfer.partial, "ab" if xfer.have else "wb") as f:
+            for chunk in r.iter_bytes():
+                f.write(chunk)
+                xfer.hash(chunk)
+                xfer.have += len(chunk)
+                xfer.failures = 0
+                advance(len(chunk))
+    if xfer.total is None:
+        xfer.total = xfer.have  # no size announced: one complete response is the file
+    return False
+
+
+def _wait_before_retry(src: Source, what: str, model: str, xfer: _Transfer, e: Exception) -> None:
+    """Count a failed attempt: give up after DOWNLOAD_RETRIES in a row, else wait (doubling, at most 8x)."""
+    xfer.failures += 1
+    if xfer.failures > DOWNLOAD_RETRIES:
+        raise UnclipError(
+            f"{what}: download of {src.describe()} was interrupted at {_gb(xfer.have)} of "
+            f"{_gb(xfer.total) if xfer.total else '?'} ({type(e).__name__}); the part is kept: run "
+            f"`unclip models pull {model or 'MODEL'}` to continue it") from None
+    time.sleep(RETRY_WAIT_S * min(2 ** (xfer.failures - 1), 8))
+
+
+def _reprobe(src: Source, what: str, model: str, xfer: _Transfer, e, advance, *, again: bool) -> str:
+    """After an HTTP error, a fresh download URL from the Hub (a 416 starts the file over); `again`: give up."""
+    status = e.response.status_code if e.response is not None else "?"
+    if again:
+        raise UnclipError(f"{what}: downloading {src.describe()} failed with HTTP {status}; the "
+                          f"part is kept: run `unclip models pull {model or 'MODEL'}` to continue "
+                          "it later") from None
+    if status == 416:  # our partial file does not fit the remote file: start over
+        xfer.partial.unlink(missing_ok=True)
+        xfer.restart(advance)
+    return _probe(src, what, model).location
+
+
+def _finish_blob(src: Source, what: str, model: str, xfer: _Transfer, blob: Path, expected_sha: str | None) -> str:
+    """Check the finished file's length, sha256 and git blob id (a mismatch discards it); move it to `blob`."""
+    if xfer.total is not None and xfer.have != xfer.total:
+        raise UnclipError(f"{what}: download of {src.describe()} ended at {xfer.have} of {xfer.total} bytes; run "
                           f"`unclip models pull {model or 'MODEL'}` to continue it")
-    digest = sha.hexdigest()
+    digest = xfer.sha.hexdigest()
     if expected_sha and digest != expected_sha.lower():
-        partial.unlink(missing_ok=True)
+        xfer.partial.unlink(missing_ok=True)
         source = "weights.toml" if src.sha256 else "the Hub's checksum"
         raise UnclipError(f"{what}: the downloaded {src.describe()} has sha256 {digest}, but {source} says "
                           f"{expected_sha.lower()}; the file was discarded (nothing was installed)")
-    if git and git.hexdigest() != git_sha1:
-        partial.unlink(missing_ok=True)
+    if xfer.git and xfer.git.hexdigest() != xfer.git_sha1:
+        xfer.partial.unlink(missing_ok=True)
         raise UnclipError(f"{what}: the downloaded {src.describe()} does not match the Hub's git blob id "
-                          f"{git_sha1} (corrupt transfer); the file was discarded, run the command again")
+                          f"{xfer.git_sha1} (corrupt transfer); the file was discarded, run the command again")
     blob.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(partial, blob)
+    os.replace(xfer.partial, blob)
     return digest
 
 
@@ -524,12 +388,6 @@ def _link(blob: Path, pointer: Path) -> None:
         os.symlink(os.path.relpath(blob, pointer.parent), pointer)
     except (OSError, NotImplementedError):  # no symlinks (e.g. Windows without developer mode): keep a copy
         shutil.copyfile(blob, pointer)
-
-
-def _gb(n: int | None) -> str:
-    if n is None:
-        return "?"
-    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB" if n >= 1e3 else f"{n} bytes"
 
 
 class _Progress:
@@ -579,3 +437,4 @@ def _download_with_hf(src: Source, what: str, model: str) -> Path:
     except (hub_errors.LocalEntryNotFoundError, OSError) as e:
         reason = "HF_HUB_OFFLINE is set" if hub_offline() else f"the Hugging Face Hub cannot be reached ({type(e).__name__})"
         raise _not_available(src, what, model, reason) from None
+

@@ -9,12 +9,12 @@ null image embedding), (b) the CLIP *text* embedding in place of an image embedd
 """
 
 import itertools
-from dataclasses import replace
 
 import numpy as np
 import torch
 
-from unclip_cli import clip, images, judge, pipeline, shapes
+from unclip_cli.pipeline import cascade as pipeline, images
+from unclip_cli.shapes import judge, world as shapes
 
 MODES = {"caption": "(a) caption only", "text_embed": "(b) CLIP text embedding", "prior": "(c) prior"}
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from unclip_cli import checkpoint
+from unclip_cli.weights import checkpoint
 from unclip_cli.errors import UnclipError
 
 
@@ -152,7 +152,7 @@ def load_state(path: Path, model, ema, opt: torch.optim.Optimizer) -> int:
 def run(stage: str, config_path: str | Path, out_dir: str | Path, *, resume: bool = True,
         log: Callable[[dict], None] | None = None) -> Path:
     """Train `stage` as the config says; returns the output folder."""
-    from unclip_cli import tasks
+    from unclip_cli.train import tasks
 
     raw = load_config(config_path)
     cfg = train_config(raw.get("train", {}))
@@ -210,9 +210,9 @@ def run(stage: str, config_path: str | Path, out_dir: str | Path, *, resume: boo
 def export(task, ema: dict[str, torch.Tensor], out: Path, cfg: TrainConfig) -> None:
     """Write the EMA weights as the stage files the pipeline loads (config in the metadata)."""
     dtype = {"fp16": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16}[cfg.export_dtype]
-    for name, (kind, config, prefix) in task.exports().items():
+    for name, (kind, config, prefix, spec) in task.exports().items():
         sd = {k[len(prefix):]: v.to(dtype) if v.is_floating_point() else v for k, v in ema.items() if k.startswith(prefix)}
-        checkpoint.save(out / f"{name}.safetensors", kind, config, sd)
+        checkpoint.save(out / f"{name}.safetensors", kind, config, sd, diffusion=spec)
 
 
 def _save_replica(model, out: Path, d: Dist) -> None:

@@ -1,163 +1,29 @@
 """The unCLIP cascade as short stage functions: CLIP -> prior -> decoder -> upsamplers.
 
-`generate`, `vary` and `edit` are compositions of the same stages. Each stage module is loaded
-when its stage starts and released when it ends (`Stages`), so peak memory stays near the largest
-stage. Noise comes only from the per-image generators passed in, in Karlo's order: prior init,
-prior steps, decoder init, decoder steps, upsampler init, upsampler steps.
+`generate`, `vary` and `edit` are compositions of the same stages. Each stage reads how it samples
+(schedule, prediction type, variance, clamp) from its `DiffusionSpec` (`Stages.diffusion`), and
+its module is loaded when the stage starts and released when it ends (`pipeline/stages.py`). Noise
+comes only from the per-image generators passed in, in Karlo's order: prior init, prior steps,
+decoder init, decoder steps, upsampler init, upsampler steps.
 """
 
-import json
 from collections.abc import Callable
-from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from unclip_cli import checkpoint, clip, diffusion, samplers, weights
-from unclip_cli.clip import TextEncoding
+from unclip_cli.diffusion import gaussian, samplers
 from unclip_cli.errors import UnclipError
+from unclip_cli.models import clip
+from unclip_cli.models.clip import TextEncoding
+from unclip_cli.options import Options
+from unclip_cli.pipeline.stages import Stages
 
 Report = Callable[[str, int, int], None]  # (stage, steps done, steps total)
-KINDS = {"clip": "clip", "prior": "prior", "text_proj": "text_proj", "decoder": "unet"}
 
 
 def _noop(stage: str, done: int, total: int) -> None:
     pass
-
-
-@dataclass(frozen=True)
-class Options:
-    prior_steps: int = 25
-    decoder_steps: int = 25
-    sr_steps: int = 7
-    prior_guidance: float = 4.0
-    decoder_guidance: float = 8.0
-    sampler: str = "ddpm"
-    size: int = 256
-    prior_clip: float = 5.0  # clamp of the prior's x0 (diffusers: 5, original Karlo: 10)
-    num_timesteps: int = 1000
-
-
-class Stages:
-    """Resolves, checks and loads the stage modules of one model."""
-
-    def __init__(self, spec: weights.ModelSpec, device, dtype, paths: dict[str, Path], keep_loaded: bool = False,
-                 config_paths: dict[str, Path] | None = None):
-        self.spec, self.device, self.dtype, self.paths = spec, torch.device(device), dtype, paths
-        self.config_paths = config_paths or {}  # diffusers layout: config.json per stage
-        self.keep_loaded = keep_loaded
-        self._loaded: dict[str, object] = {}
-        self.tokenizer: clip.Tokenizer | None = None
-        self._deferred: set[str] | None = None  # releases put off by holding()
-
-    def has(self, stage: str) -> bool:
-        return stage in self.paths
-
-    def preflight(self) -> None:
-        """Strict key/shape check of every stage file from its header, before any sampling."""
-        if self.spec.format == "diffusers":
-            from unclip_cli import karlo
-
-            for stage, path in self.paths.items():
-                karlo.check_stage(stage, path, self.config_paths.get(stage))
-            return
-        for stage, path in self.paths.items():
-            meta, shapes = checkpoint.read_header(path, stage)
-            if meta.get("format") != checkpoint.FORMAT:
-                raise UnclipError(f"stage '{stage}': {path} is not an unclip checkpoint")
-            if meta.get("kind") != KINDS.get(stage, "unet"):
-                raise UnclipError(f"stage '{stage}': {path} holds a '{meta.get('kind')}' model, "
-                                  f"expected '{KINDS.get(stage, 'unet')}'")
-            with torch.device("meta"):
-                module = checkpoint.instantiate(meta["kind"], json.loads(meta["config"]), stage)
-            checkpoint.check_strict(stage, {k: tuple(v.shape) for k, v in module.state_dict().items()}, shapes)
-
-    def get(self, stage: str):
-        if stage not in self.paths:
-            raise UnclipError(f"model '{self.spec.name}' has no {stage} stage")
-        if stage not in self._loaded and self.spec.format == "diffusers":
-            from unclip_cli import karlo
-
-            path, cfg = self.paths[stage], self.config_paths.get(stage)
-            if stage == "clip" and self.has("clip_vision"):  # text_encoder + image_encoder: one CLIP
-                path, cfg = (path, self.paths["clip_vision"]), (cfg, self.config_paths.get("clip_vision"))
-            self._loaded[stage] = karlo.build_stage(stage, path, cfg, self.device, self.dtype)
-        if stage not in self._loaded:
-            kind = KINDS.get(stage, "unet")
-            module, _ = checkpoint.build(self.paths[stage], stage, self.device, self.dtype, expect_kind=kind)
-            self._loaded[stage] = module
-        return self._loaded[stage]
-
-    def drop(self, *names: str) -> None:
-        """Free now, even inside holding() (unless keep_loaded)."""
-        if not self.keep_loaded:
-            for n in names:
-                self._loaded.pop(n, None)
-
-    @contextmanager
-    def holding(self):
-        """Defer releases to the end of the block (to loop over images inside one load of a stage)."""
-        outer, self._deferred = self._deferred, set()
-        try:
-            yield
-        finally:
-            names, self._deferred = self._deferred, outer
-            self.release(*names)
-
-    def release(self, *names: str) -> None:
-        if self._deferred is not None:
-            self._deferred.update(names)
-            return
-        if self.keep_loaded:
-            return
-        for n in names:  # dropping the last reference frees the weights (no gc pass needed)
-            self._loaded.pop(n, None)
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-
-    def decoder_size(self) -> int:
-        """Resolution the decoder generates at (Karlo: 64), read from its config without loading it."""
-        if self.spec.format == "diffusers":
-            cfg = self.config_paths.get("decoder")
-            return int(json.loads(cfg.read_text()).get("sample_size") or 64) if cfg else 64
-        meta, _ = checkpoint.read_header(self.paths["decoder"], "decoder")
-        return int(json.loads(meta["config"]).get("sample_size", 64))
-
-    def context_length(self) -> int:
-        return int(self.get("clip").positional_embedding.shape[0])
-
-
-def open_model(name: str | None, device, dtype, size: int | None, *, keep_loaded: bool = False) -> tuple[Stages, int]:
-    """Fetch and check the files a run at `size` needs. Returns (stages, resolved size).
-
-    Sizes: the decoder's own resolution (64 for Karlo), then 256 and 1024 as far as the
-    model's upsamplers reach. Without a size: the model's default `size`, else the largest.
-    """
-    spec = weights.resolve(name)
-    ups = [(s, r) for s, r in (("sr256", 256), ("sr1024", 1024)) if s in spec.stages]
-    # a diffusers-layout image-variations model has no prior but a separate image encoder (clip_vision)
-    needed = [s for s in (*weights.REQUIRED, "clip_vision") if s in spec.stages]
-    needed += [s for s, _ in ups] + [f"{s}_last" for s, _ in ups if f"{s}_last" in spec.stages]
-    if size is not None and size not in (32, 64, 256, 1024):
-        raise UnclipError(f"--size must be 64, 256 or 1024, got {size}")
-    if size is not None and ups and size > ups[-1][1]:
-        raise UnclipError(f"model '{spec.name}' reaches {ups[-1][1]}x{ups[-1][1]}; --size {size} is not available")
-    if size is not None:  # only fetch what this size needs
-        needed = [s for s in needed if not s.startswith("sr") or int(s[2:].split("_")[0]) <= size]
-    paths = {s: weights.fetch(spec.stages[s], f"stage '{s}' of model '{spec.name}'", model=spec.name) for s in needed}
-    configs = {s: weights.fetch(spec.configs[s], f"config of stage '{s}' of model '{spec.name}'", model=spec.name)
-               for s in needed if s in spec.configs}
-    stages = Stages(spec, device, dtype, paths, keep_loaded=keep_loaded, config_paths=configs)
-    stages.preflight()
-    base = stages.decoder_size()
-    reach = ups[-1][1] if ups else base
-    size = size or int(spec.defaults.get("size", reach))
-    if size not in (base, *[r for _, r in ups]):
-        allowed = ", ".join(str(v) for v in (base, *[r for _, r in ups]))
-        raise UnclipError(f"model '{spec.name}' makes images of size {allowed}; --size {size} is not available")
-    return stages, size
 
 
 # Stages ------------------------------------------------------------------------------------
@@ -183,13 +49,14 @@ def encode_images(stages: Stages, images) -> torch.Tensor:
         return clip.encode_image(model, pixels)
 
 
-def _sample(opts: Options, denoise, x, schedule, steps: int, gens, name: str, report: Report, post_step=None):
-    timesteps = diffusion.respace(schedule.num_timesteps, steps)
+def _sample(opts: Options, denoise: samplers.Denoiser, x, steps: int, gens, name: str, report: Report,
+            post_step=None):
+    timesteps = gaussian.respace(denoise.schedule.num_timesteps, steps)
     report(name, 0, len(timesteps))
     cb = lambda i, t, x: report(name, i + 1, len(timesteps))  # noqa: E731
     fn = samplers.SAMPLERS[opts.sampler]
     with torch.no_grad():
-        return fn(denoise, x, schedule, timesteps, generators=gens, callback=cb, post_step=post_step)
+        return fn(denoise, x, denoise.schedule, timesteps, generators=gens, callback=cb, post_step=post_step)
 
 
 def prior_stage(stages: Stages, text: TextEncoding, uncond: TextEncoding, opts: Options, gens, report: Report = _noop):
@@ -197,7 +64,7 @@ def prior_stage(stages: Stages, text: TextEncoding, uncond: TextEncoding, opts: 
     if not stages.has("prior"):
         raise UnclipError(f"model '{stages.spec.name}' has no prior: it can only make variations (`unclip vary`)")
     prior = stages.get("prior")
-    schedule = diffusion.cosine_schedule(opts.num_timesteps)
+    spec = stages.diffusion("prior")
     both = TextEncoding.cat([uncond, text])
     cond = dict(text_embed=text.embed, text_tokens=text.tokens, text_mask=text.mask)
     pair = dict(text_embed=both.embed, text_tokens=both.tokens, text_mask=both.mask)
@@ -205,11 +72,11 @@ def prior_stage(stages: Stages, text: TextEncoding, uncond: TextEncoding, opts: 
         net = lambda x, t: prior(x, torch.tensor(t, device=x.device), **cond)  # noqa: E731
     else:
         net2 = lambda x, t: prior(x, torch.tensor(t, device=x.device), **pair)  # noqa: E731
-        net = samplers.guided(net2, opts.prior_guidance)
-    denoise = samplers.Denoiser(net, schedule, prediction="sample", learned_variance=False, clip=opts.prior_clip)
+        net = samplers.guided(net2, opts.prior_guidance, spec.guided_channels)
+    denoise = samplers.Denoiser(net, spec)
     D = prior.cfg.embedding_dim
     x = samplers.randn((len(gens), D), gens, stages.device, stages.dtype)
-    z = _sample(opts, denoise, x, schedule, opts.prior_steps, gens, "prior", report)
+    z = _sample(opts, denoise, x, opts.prior_steps, gens, "prior", report)
     out = prior.denormalize(z)
     stages.release("prior")
     return out
@@ -221,7 +88,7 @@ def decoder_stage(
 ):
     """CLIP image embedding (+ text) -> 64x64 image in [-1, 1]. `known` = (image, keep mask) for edits."""
     text_proj, unet = stages.get("text_proj"), stages.get("decoder")
-    schedule = diffusion.cosine_schedule(opts.num_timesteps)
+    spec = stages.diffusion("decoder")
     B = image_embed.shape[0]
     if opts.decoder_guidance == 1.0:
         emb, ctx, cmask = text_proj(image_embed, text.embed, text.tokens, text.mask)
@@ -231,13 +98,12 @@ def decoder_stage(
         images = torch.cat([text_proj.null_image_embed(B, image_embed.dtype), image_embed])
         emb, ctx, cmask = text_proj(images, both.embed, both.tokens, both.mask)
         net2 = lambda x, t: unet(x, torch.tensor(t, device=x.device), emb=emb, context=ctx, context_mask=cmask)  # noqa: E731
-        net = samplers.guided(net2, opts.decoder_guidance, guided_channels=unet.cfg.in_channels)
-    learned = unet.cfg.out_channels == 2 * unet.cfg.in_channels
-    denoise = samplers.Denoiser(net, schedule, prediction=unet.cfg.prediction, learned_variance=learned, clip=1.0)
+        net = samplers.guided(net2, opts.decoder_guidance, spec.guided_channels)
+    denoise = samplers.Denoiser(net, spec)
     C, S = unet.cfg.in_channels, unet.cfg.sample_size
     x = samplers.randn((B, C, S, S), gens, stages.device, stages.dtype)
-    post = _keep_known(schedule, known, gens) if known is not None else None
-    out = _sample(opts, denoise, x, schedule, opts.decoder_steps, gens, "decoder", report, post).clamp(-1, 1)
+    post = _keep_known(denoise.schedule, known, gens) if known is not None else None
+    out = _sample(opts, denoise, x, opts.decoder_steps, gens, "decoder", report, post).clamp(-1, 1)
     stages.release("text_proj", "decoder")
     return out
 
@@ -252,8 +118,8 @@ def upsample_stage(
     # are therefore read once per image (about a second each, against minutes of sampling).
     last_name = f"{name}_last" if stages.has(f"{name}_last") else None
     model = {"net": stages.get(name)}
-    schedule = diffusion.cosine_schedule(opts.num_timesteps)
-    timesteps = diffusion.respace(schedule.num_timesteps, opts.sr_steps)
+    spec = stages.diffusion(name)
+    timesteps = gaussian.respace(spec.num_timesteps, opts.sr_steps)
     up = F.interpolate(low, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
 
     def net(x, t):
@@ -265,12 +131,10 @@ def upsample_stage(
             return out
         return model["net"](x, torch.tensor(t, device=x.device), low_res=up)
 
-    cfg = model["net"].cfg
-    learned = cfg.out_channels == 2 * (cfg.in_channels - up.shape[1])
-    denoise = samplers.Denoiser(net, schedule, prediction=cfg.prediction, learned_variance=learned, clip=1.0)
+    denoise = samplers.Denoiser(net, spec)
     x = samplers.randn((low.shape[0], up.shape[1], size, size), gens, stages.device, stages.dtype)
-    post = _keep_known(schedule, known, gens) if known is not None else None
-    out = _sample(opts, denoise, x, schedule, opts.sr_steps, gens, name, report, post).clamp(-1, 1)
+    post = _keep_known(denoise.schedule, known, gens) if known is not None else None
+    out = _sample(opts, denoise, x, opts.sr_steps, gens, name, report, post).clamp(-1, 1)
     stages.release(name, f"{name}_last")
     return out
 
@@ -283,7 +147,7 @@ def _keep_known(schedule, known, gens):
         if prev < 0:
             return torch.where(keep, image, x)
         noise = samplers.randn(x.shape, gens, x.device, x.dtype)
-        return torch.where(keep, diffusion.q_sample(schedule, image, prev, noise), x)
+        return torch.where(keep, gaussian.q_sample(schedule, image, prev, noise), x)
 
     return post
 

@@ -2,7 +2,7 @@
 
 A denoiser is a callable `denoise(x, t) -> Prediction` at an integer timestep t of the training
 schedule; it returns the predicted clean sample x0 (already clamped if the stage clamps) and, for
-networks with learned variance, the raw variance channels v in [-1, 1]. `Denoiser` adapts a
+networks with learned variance, the raw variance channels in [-1, 1]. `Denoiser` adapts a
 network to that contract; `guided` adds classifier-free guidance. Samplers draw noise only from
 the generators passed in (one per batch element, so image i is reproducible on its own) and know
 nothing of text, CLIP, cascades or progress bars; `callback(i, t, x)` is called after every step.
@@ -13,13 +13,14 @@ from dataclasses import dataclass
 
 import torch
 
-from unclip_cli import diffusion as D
+from unclip_cli.diffusion import gaussian as D
+from unclip_cli.diffusion.spec import DiffusionSpec
 
 
 @dataclass
 class Prediction:
     x0: torch.Tensor
-    v: torch.Tensor | None = None  # learned-range variance channels, if the network has them
+    variance: torch.Tensor | None = None  # learned-range variance channels in [-1, 1], if the network has them
 
 
 Denoise = Callable[[torch.Tensor, int], Prediction]
@@ -59,7 +60,7 @@ def ddpm(
         mean = D.posterior_mean(schedule, pred.x0, x, t, prev)
         if t > 0:
             noise = randn(x.shape, generators, x.device, x.dtype)
-            log_var = D.posterior_log_variance(schedule, t, prev, pred.v)
+            log_var = D.posterior_log_variance(schedule, t, prev, pred.variance)
             x = mean + torch.exp(0.5 * log_var) * noise
         else:
             x = mean
@@ -107,28 +108,28 @@ SAMPLERS = {"ddpm": ddpm, "ddim": ddim}
 class Denoiser:
     """Adapts a network `net(x, t) -> output` to the `denoise(x, t) -> Prediction` contract.
 
-    prediction: "epsilon", "sample" (x0) or "v"; learned_variance: the output has 2C channels whose
-    second half is the learned-range variance; clip: clamp x0 to [-clip, clip] (None: no clamp).
+    The stage's DiffusionSpec says what the output is: its prediction type (eps, v or x0), whether
+    channels after the first C (C = the sample's) are a learned-range variance, and the x0 clamp.
     """
 
-    def __init__(self, net, schedule: D.Schedule, *, prediction: str, learned_variance: bool, clip: float | None):
-        self.net, self.schedule = net, schedule
-        self.prediction, self.learned_variance, self.clip = prediction, learned_variance, clip
+    def __init__(self, net, spec: DiffusionSpec):
+        self.net, self.spec = net, spec
+        self.schedule = D.schedule_of(spec)
 
     def __call__(self, x: torch.Tensor, t: int) -> Prediction:
         out = self.net(x, t)
-        v = None
-        if self.learned_variance:
-            out, v = out.split(x.shape[1], dim=1)
-        if self.prediction == "epsilon":
+        variance = None
+        if self.spec.learned_variance:
+            out, variance = out.split(x.shape[1], dim=1)
+        if self.spec.prediction == "epsilon":
             x0 = D.x0_from_eps(self.schedule, x, t, out)
-        elif self.prediction == "v":
+        elif self.spec.prediction == "v":
             x0 = D.x0_from_v(self.schedule, x, t, out)
         else:
             x0 = out
-        if self.clip is not None:
-            x0 = x0.clamp(-self.clip, self.clip)
-        return Prediction(x0=x0, v=v)
+        if self.spec.clamp is not None:
+            x0 = x0.clamp(-self.spec.clamp, self.spec.clamp)
+        return Prediction(x0=x0, variance=variance)
 
 
 def guided(net_uncond_cond, scale: float, guided_channels: int | None = None):

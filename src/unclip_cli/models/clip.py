@@ -1,6 +1,6 @@
 """The CLIP stage, through open_clip: text -> (embedding, token states, mask); image -> embedding.
 
-Any open_clip model config works; the config travels with the weights. Token states are computed
+Any open_clip model config works; the config travels with the weights. The only module that imports open_clip. Token states are computed
 explicitly from open_clip's text tower (no hooks): token embedding + positions -> causal transformer
 -> final LayerNorm, and the pooled embedding is the end-of-text state times the text projection.
 Embeddings are projected but not L2-normalised, as unCLIP uses them.
@@ -31,6 +31,20 @@ def build_model(config: dict):
     from open_clip.model import CLIP
 
     return CLIP(**config)
+
+
+class AbsentTower(torch.nn.Module):
+    """Stands in for a tower a checkpoint did not contain (Karlo's text-only CLIP); calling it raises."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.name = name
+
+    def forward(self, *args, **kwargs):
+        raise RuntimeError(f"this CLIP was converted without a {self.name} tower")
+
+    def set_grad_checkpointing(self, enable: bool = True):
+        pass
 
 
 class Tokenizer:

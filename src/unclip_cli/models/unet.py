@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unclip_cli.layers import TimestepMLP, timestep_features
+from unclip_cli.models.layers import TimestepMLP, timestep_features
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,6 @@ class UNetConfig:
     norm_eps: float = 1e-5
     dropout: float = 0.0
     sample_size: int = 64  # resolution the network generates at (decoder); upsamplers: the output size
-    prediction: str = "epsilon"  # what the network predicts: "epsilon" (Karlo), "v" or "sample"
 
     def __post_init__(self):
         # TOML/JSON give lists; keep the dataclass hashable and comparable.

@@ -8,9 +8,12 @@ alphas_cumprod = cumprod(1 - betas) in float32.
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
+
+from unclip_cli.diffusion.spec import DiffusionSpec
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,18 @@ def cosine_schedule(num_timesteps: int = 1000, max_beta: float = 0.999) -> Sched
     betas = [min(1 - alpha_bar((i + 1) / T) / alpha_bar(i / T), max_beta) for i in range(T)]
     betas = torch.tensor(betas, dtype=torch.float32)
     return Schedule(betas=betas, alphas_cumprod=torch.cumprod(1.0 - betas, dim=0))
+
+
+@lru_cache(maxsize=8)
+def _cosine(num_timesteps: int) -> Schedule:
+    return cosine_schedule(num_timesteps)
+
+
+def schedule_of(spec: DiffusionSpec) -> Schedule:
+    """The noise schedule a stage was trained with (built once per length)."""
+    if spec.schedule != "cosine":
+        raise ValueError(f"unknown schedule {spec.schedule!r}")
+    return _cosine(spec.num_timesteps)
 
 
 def respace(num_timesteps: int, steps: int) -> list[int]:
@@ -93,15 +108,15 @@ def posterior_mean(schedule: Schedule, x0: torch.Tensor, x_t: torch.Tensor, t: i
     return c0 * x0 + ct * x_t
 
 
-def posterior_log_variance(schedule: Schedule, t: int, prev: int, v: torch.Tensor | None = None) -> torch.Tensor:
-    """log Var of the step t -> prev: the posterior variance ("fixed small"), or with v in [-1, 1] the
-    learned interpolation v' log(beta) + (1 - v') log(posterior variance), v' = (v + 1) / 2."""
+def posterior_log_variance(schedule: Schedule, t: int, prev: int, learned: torch.Tensor | None = None) -> torch.Tensor:
+    """log Var of the step t -> prev: the posterior variance ("fixed small"), or with learned-range channels
+    r in [-1, 1] the interpolation f log(beta) + (1 - f) log(posterior variance), f = (r + 1) / 2."""
     abar_t, abar_prev = schedule.alphas_cumprod[t], alpha_bar_at(schedule, prev)
     beta, _ = step_betas(schedule, t, prev)
     var = (1 - abar_prev) / (1 - abar_t) * beta
-    if v is None:
+    if learned is None:
         return torch.log(torch.clamp(var, min=1e-20))
-    frac = (v + 1) / 2
+    frac = (learned + 1) / 2
     return frac * beta.log() + (1 - frac) * var.log()
 
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unclip_cli.layers import TimestepMLP, timestep_features
+from unclip_cli.models.layers import TimestepMLP, timestep_features
 
 
 @dataclass(frozen=True)

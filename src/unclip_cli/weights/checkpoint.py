@@ -1,7 +1,7 @@
 """Stage checkpoints: safetensors files whose metadata carries the architecture config.
 
-`save` writes {kind, config} as JSON metadata beside the tensors (as k-diffusion does); `build`
-reads it, constructs the module on the meta device (no random init, no double memory), checks every
+`save` writes {kind, config} as JSON metadata beside the tensors (as k-diffusion does), and for a
+diffusion stage its `DiffusionSpec` ("diffusion"); `build` reads it, constructs the module on the meta device (no random init, no double memory), checks every
 key and shape strictly, and assigns the tensors straight onto the chosen device and dtype.
 Pickles are never read.
 """
@@ -15,16 +15,18 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from unclip_cli.diffusion.spec import DiffusionSpec
 from unclip_cli.errors import UnclipError
 
 FORMAT = "unclip/1"
+DIFFUSING = ("prior", "unet")  # kinds that are diffusion models and carry a DiffusionSpec
 
 
 def _kinds():
-    from unclip_cli import clip
-    from unclip_cli.prior import Prior, PriorConfig
-    from unclip_cli.text_proj import TextProj, TextProjConfig
-    from unclip_cli.unet import UNet, UNetConfig
+    from unclip_cli.models import clip
+    from unclip_cli.models.prior import Prior, PriorConfig
+    from unclip_cli.models.text_proj import TextProj, TextProjConfig
+    from unclip_cli.models.unet import UNet, UNetConfig
 
     return {
         "prior": (Prior, PriorConfig),
@@ -48,10 +50,15 @@ def config_from_dict(cls, data: dict):
     return cls(**data)
 
 
-def save(path: str | Path, kind: str, config, state_dict: dict[str, torch.Tensor], extra: dict | None = None) -> None:
+def save(path: str | Path, kind: str, config, state_dict: dict[str, torch.Tensor], *,
+         diffusion: DiffusionSpec | None = None, extra: dict | None = None) -> None:
     """Write a stage checkpoint atomically (temporary file, then rename)."""
     path = Path(path)
+    if (diffusion is None) != (kind not in DIFFUSING):
+        raise ValueError(f"a '{kind}' checkpoint {'needs' if kind in DIFFUSING else 'takes no'} diffusion spec")
     meta = {"format": FORMAT, "kind": kind, "config": json.dumps(config_to_dict(config))}
+    if diffusion is not None:
+        meta["diffusion"] = json.dumps(diffusion.to_dict())
     if extra:
         meta["extra"] = json.dumps(extra)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
@@ -59,6 +66,33 @@ def save(path: str | Path, kind: str, config, state_dict: dict[str, torch.Tensor
     save_file(tensors, str(tmp), metadata=meta)
     os.chmod(tmp, 0o644)
     tmp.replace(path)
+
+
+def _legacy_spec(kind: str, config: dict) -> DiffusionSpec:
+    """Checkpoints from before the spec was stored: what unclip 0.1 trained and sampled them with
+    (the prior x0-predicting with clamp 5; a UNet's prediction in its config, and a learned-range
+    variance exactly when it had twice the 3 image channels out)."""
+    if kind == "prior":
+        return DiffusionSpec(prediction="sample", clamp=5.0)
+    learned = config.get("out_channels") == 6
+    return DiffusionSpec(prediction=config.get("prediction", "epsilon"), variance="learned_range" if learned else "fixed_small",
+                         guided_channels=3 if learned else None)
+
+
+def _parse_meta(meta: dict, stage: str) -> tuple[dict, DiffusionSpec | None]:
+    """(architecture config, diffusion spec) from a checkpoint's metadata."""
+    kind = meta.get("kind")
+    try:
+        config = json.loads(meta["config"])
+        if kind not in DIFFUSING:
+            return config, None
+        if "diffusion" not in meta:
+            spec = _legacy_spec(kind, config)
+            config.pop("prediction", None)  # was part of UNetConfig then
+            return config, spec
+        return config, DiffusionSpec.from_dict(json.loads(meta["diffusion"]))
+    except (KeyError, ValueError, TypeError) as e:
+        raise UnclipError(f"stage '{stage}': bad checkpoint metadata ({e})") from None
 
 
 def read_header(path: Path, stage: str) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
@@ -150,17 +184,31 @@ def read_tensors(path: Path, stage: str, device="cpu") -> dict[str, torch.Tensor
     return {k: v.to(device) for k, v in out.items()} if str(device) != "cpu" else out
 
 
+def check_file(path: Path, stage: str, expect_kind: str) -> DiffusionSpec | None:
+    """Strict key/shape check of a stage file from its header only (no tensor is read); returns its spec."""
+    meta, shapes = read_header(path, stage)
+    config, spec = _checked_meta(path, meta, stage, expect_kind)
+    with torch.device("meta"):
+        module = instantiate(meta["kind"], config, stage)
+    check_strict(stage, {k: tuple(v.shape) for k, v in module.state_dict().items()}, shapes)
+    return spec
+
+
+def _checked_meta(path: Path, meta: dict, stage: str, expect_kind: str | None) -> tuple[dict, DiffusionSpec | None]:
+    if meta.get("format") != FORMAT:
+        raise UnclipError(f"stage '{stage}': {path} is not an unclip checkpoint (no '{FORMAT}' metadata)")
+    if expect_kind and meta.get("kind") != expect_kind:
+        raise UnclipError(f"stage '{stage}': {path} holds a '{meta.get('kind')}' model, expected '{expect_kind}'")
+    return _parse_meta(meta, stage)
+
+
 def build(path: str | Path, stage: str, device="cpu", dtype=torch.float32, expect_kind: str | None = None):
     """Build the module a checkpoint describes and load it strictly. Returns (module, config dict)."""
     path = Path(path)
     meta, shapes = read_header(path, stage)
-    if meta.get("format") != FORMAT:
-        raise UnclipError(f"stage '{stage}': {path} is not an unclip checkpoint (no '{FORMAT}' metadata)")
-    kind, config = meta["kind"], json.loads(meta["config"])
-    if expect_kind and kind != expect_kind:
-        raise UnclipError(f"stage '{stage}': {path} holds a '{kind}' model, expected '{expect_kind}'")
+    config, _ = _checked_meta(path, meta, stage, expect_kind)
     with torch.device("meta"):
-        module = instantiate(kind, config, stage)
+        module = instantiate(meta["kind"], config, stage)
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     check_strict(stage, expected, shapes)  # before reading any tensor data
     return load_into(module, read_tensors(path, stage), stage, device, dtype), config

@@ -21,7 +21,7 @@ from itertools import permutations
 import numpy as np
 from PIL import Image
 
-from .shapes import BACKGROUND, COLORS, canonical
+from unclip_cli.shapes.world import BACKGROUND, COLORS, canonical
 
 MAX_SIDE = 256  # larger images are box-downsampled to this before judging
 ABS_THRESHOLD = 60.0  # max RGB distance from a palette colour for a pixel to be assigned

@@ -1,0 +1,227 @@
+"""The `unclip` command line: a thin Typer shell over `cli/run.py`.
+
+Commands parse options and hand them to `run`, which imports torch; nothing here does, so
+`unclip --help` answers at once. The sampling options (steps, guidance, sampler) are not written
+out per verb: `verb(...)` adds them from their one definition in `options.py`.
+"""
+
+import contextlib
+import inspect
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from unclip_cli.errors import UnclipError
+from unclip_cli import options
+
+app = typer.Typer(
+    help="DALL-E 2 style image generation (unCLIP) on your own machine: generate, vary, edit.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(help="List and download models.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+data_app = typer.Typer(help="Make training data.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@contextlib.contextmanager
+def friendly_errors():
+    """Turn UnclipError into `error: ...` on stderr and exit status 1, with no traceback."""
+    try:
+        yield
+    except UnclipError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130) from None
+
+
+Json = Annotated[bool, typer.Option("--json", help="Print a JSON object (paths, seeds, timings, hashes) on stdout.")]
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
+Size = Annotated[Optional[int], typer.Option(help="Output size: the decoder's own (64 for Karlo, 32 for shapes), 256 or "
+                                                  "1024; default: the model's default size, else the largest it reaches.")]
+# Options every image-making verb takes, before the sampling options: name -> (annotation, default).
+RUN_OPTIONS = {
+    "model": (Annotated[Optional[str], typer.Option("--model", "-m", help="Model name from weights.toml, or a folder in "
+                                                   "diffusers layout (default: the bundled model).")], None),
+    "num_images": (Annotated[int, typer.Option("--num-images", "-n", help="How many images; image i uses seed+i.")], 1),
+    "seed": (Annotated[Optional[int], typer.Option("--seed", "-s", help="Seed of the first image (random if not given; "
+                                                  "always recorded).")], None),
+    "size": (Size, None),
+    "device": (Device, "auto"),
+    "dtype": (Annotated[str, typer.Option(help="auto (fp16 on CUDA, else fp32), fp32, fp16 or bf16.")], "auto"),
+    "outdir": (Annotated[Path, typer.Option("--outdir", "-o", help="Folder for the PNGs (never overwrites).")],
+               Path("outputs")),
+    "json": (Json, False),
+    "no_metadata": (Annotated[bool, typer.Option("--no-metadata", help="Do not embed the parameters in the PNGs.")], False),
+}
+
+
+def _sampling_parameters(stages: set[str]) -> list[inspect.Parameter]:
+    """A Typer option for each sampling option of these stages (None = the model's default)."""
+    out = []
+    for o in options.SAMPLING:
+        if o.stage in stages or o.stage == "all":
+            hint = Annotated[Optional[o.type], typer.Option(o.flag, help=f"{o.help} Default: the model's, else {o.default}.")]
+            out.append(inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, annotation=hint, default=None))
+    return out
+
+
+def with_options(*stages: str, run: bool = True):
+    """Append the sampling options of `stages` (and, if `run`, RUN_OPTIONS) to a command's own parameters."""
+
+    def wrap(f):
+        sig = inspect.signature(f)
+        own = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        extra = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=a, default=d)
+                 for n, (a, d) in RUN_OPTIONS.items()] if run else []
+        params = own + extra + _sampling_parameters(set(stages))
+        f.__signature__ = sig.replace(parameters=params)
+        f.__annotations__ = {p.name: p.annotation for p in params}
+        return f
+
+    return wrap
+
+
+def _run():
+    from unclip_cli.cli import run
+
+    return run
+
+
+@app.command()
+@with_options("prior", "decoder", "upsampler")
+def generate(prompt: Annotated[str, typer.Argument(help="What to draw.")], **kw):
+    """Text to image: CLIP text -> prior -> decoder -> upsamplers -> PNG."""
+    with friendly_errors():
+        if not prompt.strip():
+            raise UnclipError("the prompt is empty")
+        _run().generate(prompt, _run().RunArgs.of(kw))
+
+
+@app.command()
+@with_options("decoder", "upsampler")
+def vary(image: Annotated[Path, typer.Argument(help="The image to make variations of.")], **kw):
+    """Variations of an image: its CLIP image embedding -> decoder -> upsamplers (no prior)."""
+    with friendly_errors():
+        _run().vary(image, _run().RunArgs.of(kw))
+
+
+@app.command()
+@with_options("prior", "decoder", "upsampler")
+def edit(
+    image: Annotated[Path, typer.Argument(help="The image to edit.")],
+    prompt: Annotated[str, typer.Argument(help="What the masked area should show.")],
+    mask: Annotated[Optional[Path], typer.Option(help="Mask image, same size: white = edit, black = keep. "
+                                                      "Without it, the image's transparent pixels are edited.")] = None,
+    **kw,
+):
+    """Regenerate only the masked area of an image; every other pixel is kept exactly."""
+    with friendly_errors():
+        if not prompt.strip():
+            raise UnclipError("the prompt is empty")
+        _run().edit(image, mask, prompt, _run().RunArgs.of(kw))
+
+
+@app.command()
+def info(image: Annotated[Path, typer.Argument(help="A PNG written by unclip.")], json: Json = False):
+    """Print the parameters stored in an image."""
+    with friendly_errors():
+        from unclip_cli.pipeline import images
+
+        params, text = images.read_params(image)
+        if params is None and text is None:
+            raise UnclipError(f"{image} carries no unclip or A1111 parameters")
+        if json:
+            import json as _json
+
+            typer.echo(_json.dumps(params if params is not None else {"parameters": text}, indent=2, sort_keys=True))
+        else:
+            typer.echo(text if text is not None else str(params))
+
+
+@models_app.command("list")
+def models_list(json: Json = False):
+    """The configured models, their stages, and which files are on disk."""
+    with friendly_errors():
+        from unclip_cli.cli import models
+
+        models.list_models(json)
+
+
+@models_app.command("pull")
+def models_pull(name: Annotated[str, typer.Argument(help="Model name from weights.toml.")]):
+    """Download every file of a model ahead of time (resumable)."""
+    with friendly_errors():
+        from unclip_cli.cli import models
+
+        models.pull(name)
+
+
+@data_app.command("shapes")
+def data_shapes(
+    count: Annotated[int, typer.Option(help="Number of images.")],
+    out: Annotated[Path, typer.Option(help="Output folder (must not exist or be empty).")],
+    seed: Annotated[int, typer.Option(help="Seed; the same seed gives the same dataset.")] = 0,
+    size: Annotated[int, typer.Option(help="Image size in pixels.")] = 256,
+):
+    """Render the procedural shapes world as an image+caption folder (img2dataset layout)."""
+    with friendly_errors():
+        from unclip_cli.shapes import world
+
+        if count < 1:
+            raise UnclipError(f"--count must be at least 1, got {count}")
+        try:
+            world.write_dataset(out, count, seed, size=size)
+        except FileExistsError as e:
+            raise UnclipError(str(e)) from None
+        typer.echo(str(out))
+
+
+@app.command()
+def train(
+    stage: Annotated[str, typer.Argument(help="clip, prior, decoder or upsampler.")],
+    config: Annotated[Path, typer.Option("--config", "-c", help="Training config (TOML).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: checkpoints, exported stage files, log.")],
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/state.safetensors if present.")] = True,
+):
+    """Train one stage; also runs under `torchrun --nproc_per_node N` (DDP)."""
+    with friendly_errors():
+        from unclip_cli.train import loop
+
+        def log(rec: dict) -> None:
+            typer.echo(" ".join(f"{k}={v}" for k, v in rec.items()), err=True)
+
+        loop.run(stage, config, out, resume=resume, log=log)
+
+
+@app.command("eval")
+@with_options("prior", "decoder", "upsampler", run=False)
+def eval_(
+    model: Annotated[Optional[str], typer.Argument(help="Model name (default: the bundled model).")] = None,
+    per_prompt: Annotated[int, typer.Option(help="Images per held-out prompt.")] = 32,
+    ablation: Annotated[bool, typer.Option(help="Also (a) caption only and (b) CLIP text embedding in place of the prior.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of each prompt's first image.")] = 0,
+    size: Annotated[Optional[int], typer.Option(help="Judge images at this size (default: the decoder's own, fastest).")] = None,
+    device: Device = "auto",
+    out: Annotated[Optional[Path], typer.Option(help="Also write the results as JSON here.")] = None,
+    **sampling,
+):
+    """Measure how well images match captions on the shapes world's held-out prompts."""
+    with friendly_errors():
+        from unclip_cli.cli import evaluate
+
+        evaluate.run(model, per_prompt, ablation, seed, size, sampling, device, out)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""`unclip eval`: judge a model's images on the shapes world's held-out prompts, print and save the table."""
+
+import json
+from pathlib import Path
+
+import torch
+
+from unclip_cli.cli.run import StageProgress, pick_device, quiet
+from unclip_cli.errors import UnclipError
+from unclip_cli import options
+from unclip_cli.pipeline import stages as stages_mod
+from unclip_cli.shapes import evaluate as ev
+
+
+def run(model, per_prompt: int, ablation: bool, seed: int, size: int | None, sampling: dict, device: str, out) -> dict:
+    for name, value in sampling.items():
+        problem = options.check(name, value) if value is not None else None
+        if problem:
+            raise UnclipError(problem)
+    dev = pick_device(device)
+    stages, _ = stages_mod.open_model(model, dev, torch.float32, size, keep_loaded=True)
+    size = size or stages.decoder_size()
+    opts = options.resolve(stages.spec.defaults, sampling, size)
+    modes = ("caption", "text_embed", "prior") if ablation else ("prior",)
+    progress = StageProgress(quiet())
+    with progress.progress:
+        results = ev.evaluate(stages, opts, per_prompt=per_prompt, seed=seed, modes=modes, report=progress)
+    results = {"model": stages.spec.name, "per_prompt": per_prompt, "seed": seed, "size": size,
+               "options": {o.name: getattr(opts, o.name) for o in options.SAMPLING}, "modes": results}
+    print_eval(results)
+    if out:
+        Path(out).write_text(json.dumps(results, indent=2))
+        Path(out).with_suffix(".md").write_text(eval_markdown(results))
+    return results
+
+
+def _eval_rows(results: dict) -> list[list[str]]:
+    """One row of cells per conditioning mode and prompt split (CLIP score and diversity on 'all' only)."""
+    from unclip_cli.shapes.evaluate import MODES
+
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+    rows = []
+    for mode, r in results["modes"].items():
+        for split in ("all_prompts", "unseen_prompts"):
+            s = r[split]
+            if s is None:
+                continue
+            o, first = s["overall"], split == "all_prompts"
+            rows.append([MODES[mode], split.split("_")[0], pct(o["color"]), pct(o["shape"]), pct(o["size"]),
+                         pct(o["relation"]), pct((s["one_object"] or {}).get("all")),
+                         pct((s["two_objects"] or {}).get("all")),
+                         f"{r['clip_score']:.3f}" if first else "", f"{r['diversity']:.3f}" if first else ""])
+    return rows
+
+
+EVAL_COLUMNS = ("conditioning", "prompts", "color", "shape", "size", "relation", "full caption, 1 object",
+                "full caption, 2 objects", "CLIP score", "diversity")
+
+
+def print_eval(results: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*EVAL_COLUMNS, title=f"unclip eval {results['model']}")
+    for row in _eval_rows(results):
+        table.add_row(*row)
+    Console(width=170).print(table)
+
+
+def eval_markdown(results: dict) -> str:
+    """The eval results as a Markdown table (what the README shows)."""
+    lines = ["| " + " | ".join(EVAL_COLUMNS) + " |", "|" + "---|" * len(EVAL_COLUMNS)]
+    lines += ["| " + " | ".join(row) + " |" for row in _eval_rows(results)]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,71 @@
+"""Sampling options, each defined once: name, type, default, help and bounds (no torch here; imports nothing from unclip_cli).
+
+`Options` is what the cascade reads. Its fields with `option(...)` metadata are the sampling
+options: the CLI makes a `--flag` of each for every verb that uses the stage (`cli/app.py`),
+`unclip eval` takes the same, and a model's `[defaults]` in weights.toml may set them (unknown
+keys there are an error). Adding one means a field here and the code that reads it.
+"""
+
+from dataclasses import MISSING, dataclass, field, fields, replace
+
+
+def option(default, help: str, *, stage: str, low=None, high=None, choices: tuple = ()):
+    """A sampling option: `stage` says which verbs offer it (vary has no prior)."""
+    meta = {"help": help, "stage": stage, "low": low, "high": high, "choices": choices}
+    return field(default=default, metadata={"option": meta})
+
+
+@dataclass(frozen=True)
+class Options:
+    prior_steps: int = option(25, "Prior sampling steps.", stage="prior", low=1, high=1000)
+    decoder_steps: int = option(25, "Decoder sampling steps.", stage="decoder", low=1, high=1000)
+    sr_steps: int = option(7, "Upsampler sampling steps.", stage="upsampler", low=1, high=1000)
+    prior_guidance: float = option(4.0, "Prior classifier-free guidance scale (1 = none).", stage="prior", low=0.0)
+    decoder_guidance: float = option(8.0, "Decoder classifier-free guidance scale (1 = none).", stage="decoder", low=0.0)
+    sampler: str = option("ddpm", "ddpm (ancestral, as Karlo) or ddim.", stage="all", choices=("ddpm", "ddim"))
+    size: int = 256  # output size, resolved per model by pipeline.stages.open_model (not a sampling option)
+
+
+@dataclass(frozen=True)
+class OptionInfo:
+    name: str
+    type: type
+    default: object
+    help: str
+    stage: str
+    low: object
+    high: object
+    choices: tuple
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+SAMPLING = tuple(OptionInfo(f.name, f.type, f.default, **f.metadata["option"])
+                 for f in fields(Options) if "option" in f.metadata and f.default is not MISSING)
+BY_NAME = {o.name: o for o in SAMPLING}
+MODEL_DEFAULT_KEYS = (*BY_NAME, "size")  # what a model's [defaults] may set
+
+
+def check(name: str, value) -> str | None:
+    """Why `value` is not allowed for option `name` (None if it is)."""
+    o = BY_NAME[name]
+    if o.type is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, o.type) or isinstance(value, bool):
+        return f"{o.flag} must be {'a number' if o.type is float else 'an integer' if o.type is int else 'text'}, got {value!r}"
+    if o.choices and value not in o.choices:
+        return f"{o.flag} must be {' or '.join(o.choices)}, got '{value}'"
+    if o.low is not None and o.high is not None and not o.low <= value <= o.high:
+        return f"{o.flag} must be between {o.low} and {o.high}, got {value}"
+    if o.low is not None and value < o.low:
+        return f"{o.flag} must not be negative, got {value}" if o.low == 0 else f"{o.flag} must be at least {o.low}, got {value}"
+    return None
+
+
+def resolve(model_defaults: dict, given: dict, size: int) -> Options:
+    """The options of a run: what was given (None = not given), else the model's defaults, else ours."""
+    known = {k: v for k, v in model_defaults.items() if k in BY_NAME}
+    chosen = {k: v for k, v in given.items() if k in BY_NAME and v is not None}
+    return replace(Options(size=size), **{**known, **chosen})
