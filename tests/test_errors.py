@@ -256,3 +256,18 @@ def test_bad_options(home, out, args, needles):
 
 def test_info_on_a_missing_file(tmp_path):
     assert_error(invoke("info", tmp_path / "nope.png"), "does not exist")
+
+
+def test_unknown_or_bad_model_defaults_are_named(home, out):
+    """A [defaults] key that is no sampling option (a typo, or the retired prior_clip) stops with its name."""
+    toml = home / "weights.toml"
+    good = toml.read_text()
+    toml.write_text(good.replace("[models.tiny.defaults]", "[models.tiny.defaults]\nprior_clip = 5.0\ndecoder_step = 3"))
+    assert_error(invoke("generate", "a cat", "-o", out), "[models.tiny.defaults]", "decoder_step", "prior_clip",
+                 outdir=out)
+    toml.write_text(good.replace("[models.tiny.defaults]", "[models.tiny.defaults]\nsampler = \"euler\""))
+    assert_error(invoke("generate", "a cat", "-o", out), "sampler", "euler", outdir=out)
+
+
+def test_size_message_lists_the_sizes(home, out):
+    assert_error(invoke("generate", "a cat", "--size", 48, "-o", out), "--size must be 32, 64, 256 or 1024", outdir=out)

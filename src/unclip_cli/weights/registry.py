@@ -62,7 +62,7 @@ def _parse(data: dict, base: Path, origin: str) -> dict[str, ModelSpec]:
             description=raw.get("description", ""),
             format=raw.get("format", "unclip"),
             stages=stages,
-            defaults=_defaults(raw.get("defaults", {}), f"{where}.defaults"),
+            defaults=_defaults(raw.get("defaults", {}), f"{origin} [models.{name}.defaults]"),
             configs=configs,
         )
     return models
