@@ -259,3 +259,15 @@ def test_help_lists_the_verbs():
     assert r.exit_code == 0
     for verb in ("generate", "vary", "edit", "info", "models"):
         assert verb in r.stdout
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m"])
+def test_every_sampler_runs_every_stage(home, tmp_path, sampler):
+    """The deterministic samplers give the same image twice and record themselves in the PNG."""
+    args = ["generate", "a cat", "--size", 1024, "--sampler", sampler, *FAST, "-s", 3]
+    a = run_ok(*args, "-o", tmp_path / "a")
+    b = run_ok(*args, "-o", tmp_path / "b")
+    pa, pb = a["images"][0]["path"], b["images"][0]["path"]
+    assert np.array_equal(pixels(pa), pixels(pb))
+    r = invoke("info", pa, "--json")
+    assert json.loads(r.stdout)["sampler"] == sampler

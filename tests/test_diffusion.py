@@ -302,3 +302,26 @@ def test_diffusion_spec_refuses_what_no_sampler_implements(fields, match):
         DiffusionSpec(**fields)
     with pytest.raises(ValueError, match="unknown diffusion fields"):
         DiffusionSpec.from_dict({"prediction": "epsilon", "v": 1})
+
+
+def _ode_error(name: str, steps: int, x: torch.Tensor, reference: torch.Tensor) -> float:
+    y = S.SAMPLERS[name](gaussian_denoiser(MU, SIGMA), x, SCHEDULE, D.respace(T, steps), generators=gens(0)).double()
+    return float((y - reference).abs().max())
+
+
+def test_dpmpp_2m_is_a_second_order_solver_of_the_flow_ode():
+    """On Gaussian data with the exact denoiser every deterministic sampler integrates the same probability flow
+    ODE. Against the 1000-step DDIM solution, doubling the steps from 50 to 100 cuts DPM-Solver++(2M)'s error
+    about 3.4x (second order) and DDIM's about 2x (first order). Measured at fewer steps with our uniform-in-t
+    spacing (Karlo's), 2M is NOT better than DDIM (8 steps: 0.47 vs 0.34; 20: 0.23 vs 0.13; 50: 0.051 vs
+    0.052): the spacing puts big log-SNR jumps at both ends; a log-SNR spacing is still to do (README)."""
+    x = S.randn((1, 512), gens(0), "cpu", torch.float32)
+    reference = S.ddim(gaussian_denoiser(MU, SIGMA), x, SCHEDULE, D.respace(T, 1000), generators=gens(0)).double()
+    dpm = [_ode_error("dpmpp_2m", n, x, reference) for n in (50, 100)]
+    ddim = [_ode_error("ddim", n, x, reference) for n in (50, 100)]
+    assert dpm[0] / dpm[1] > 3.0 and ddim[0] / ddim[1] < 2.5
+    assert dpm[1] < ddim[1] * 0.7
+    y = S.dpmpp_2m(gaussian_denoiser(MU, SIGMA), S.randn((4, 2000), gens(0, 1, 2, 3), "cpu", torch.float32), SCHEDULE,
+                   D.respace(T, 50), generators=gens(0, 1, 2, 3)).double()
+    # the data's moments (std 5.6% high at 50 steps, measured; DDIM is within 5%)
+    assert y.mean().item() == pytest.approx(MU, abs=0.02) and y.std().item() == pytest.approx(SIGMA, rel=0.08)

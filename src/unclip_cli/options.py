@@ -22,7 +22,8 @@ class Options:
     sr_steps: int = option(7, "Upsampler sampling steps.", stage="upsampler", low=1, high=1000)
     prior_guidance: float = option(4.0, "Prior classifier-free guidance scale (1 = none).", stage="prior", low=0.0)
     decoder_guidance: float = option(8.0, "Decoder classifier-free guidance scale (1 = none).", stage="decoder", low=0.0)
-    sampler: str = option("ddpm", "ddpm (ancestral, as Karlo) or ddim.", stage="all", choices=("ddpm", "ddim"))
+    sampler: str = option("ddpm", "ddpm (ancestral, as Karlo), ddim, or dpmpp_2m (DPM-Solver++(2M): fewer steps).",
+                          stage="all", choices=("ddpm", "ddim", "dpmpp_2m"))
     size: int = 256  # output size, resolved per model by pipeline.stages.open_model (not a sampling option)
 
 

@@ -8,6 +8,7 @@ the generators passed in (one per batch element, so image i is reproducible on i
 nothing of text, CLIP, cascades or progress bars; `callback(i, t, x)` is called after every step.
 """
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -99,7 +100,44 @@ def ddim(
     return x
 
 
-SAMPLERS = {"ddpm": ddpm, "ddim": ddim}
+def dpmpp_2m(
+    denoise: Denoise,
+    x: torch.Tensor,
+    schedule: D.Schedule,
+    timesteps: Sequence[int],
+    *,
+    generators: Sequence[torch.Generator],
+    callback: Callback = None,
+    post_step: PostStep = None,
+) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022): the deterministic multistep solver of the probability-flow ODE
+    in its data-prediction form, second order from the second step on. Uses only x0 (a learned variance
+    is ignored); the step that reaches t = 0 data returns the last x0, as k-diffusion does."""
+    old_x0, old_h = None, None
+    for i, t in enumerate(timesteps):
+        prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+        pred = denoise(x, t)
+        if prev < 0:
+            x = pred.x0
+        else:
+            abar_t, abar_prev = float(schedule.alphas_cumprod[t]), float(D.alpha_bar_at(schedule, prev))
+            lam_t, lam_prev = (0.5 * math.log(a / (1 - a)) for a in (abar_t, abar_prev))  # log(alpha / sigma)
+            h = lam_prev - lam_t
+            d = pred.x0
+            if old_x0 is not None:
+                r = old_h / h
+                d = (1 + 1 / (2 * r)) * pred.x0 - (1 / (2 * r)) * old_x0
+            x = ((1 - abar_prev) / (1 - abar_t)) ** 0.5 * x - abar_prev**0.5 * math.expm1(-h) * d
+            old_h = h
+        old_x0 = pred.x0
+        if post_step is not None:
+            x = post_step(x, prev)
+        if callback is not None:
+            callback(i, t, x)
+    return x
+
+
+SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "dpmpp_2m": dpmpp_2m}
 
 
 # Adapters ------------------------------------------------------------------------------------
@@ -110,14 +148,17 @@ class Denoiser:
 
     The stage's DiffusionSpec says what the output is: its prediction type (eps, v or x0), whether
     channels after the first C (C = the sample's) are a learned-range variance, and the x0 clamp.
+    `dtype`: what the network computes in (its input is cast to it, its output back to float32).
     """
 
-    def __init__(self, net, spec: DiffusionSpec):
-        self.net, self.spec = net, spec
+    def __init__(self, net, spec: DiffusionSpec, dtype: torch.dtype | None = None):
+        self.net, self.spec, self.dtype = net, spec, dtype
         self.schedule = D.schedule_of(spec)
 
     def __call__(self, x: torch.Tensor, t: int) -> Prediction:
-        out = self.net(x, t)
+        # The network runs in its own dtype; the sampler's state, x0/eps conversions and clamps stay in
+        # float32 (at t = T-1, 1/sqrt(abar) ~ 2e4 would amplify fp16/bf16 round-off into whole pixel levels).
+        out = self.net(x.to(self.dtype) if self.dtype else x, t).float()
         variance = None
         if self.spec.learned_variance:
             out, variance = out.split(x.shape[1], dim=1)
@@ -141,7 +182,7 @@ def guided(net_uncond_cond, scale: float, guided_channels: int | None = None):
     """
 
     def net(x: torch.Tensor, t: int) -> torch.Tensor:
-        u, c = net_uncond_cond(torch.cat([x, x]), t).chunk(2)
+        u, c = net_uncond_cond(torch.cat([x, x]), t).float().chunk(2)  # mixed in float32
         if guided_channels is None:
             return u + scale * (c - u)
         k = guided_channels

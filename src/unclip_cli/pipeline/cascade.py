@@ -73,11 +73,11 @@ def prior_stage(stages: Stages, text: TextEncoding, uncond: TextEncoding, opts: 
     else:
         net2 = lambda x, t: prior(x, torch.tensor(t, device=x.device), **pair)  # noqa: E731
         net = samplers.guided(net2, opts.prior_guidance, spec.guided_channels)
-    denoise = samplers.Denoiser(net, spec)
+    denoise = samplers.Denoiser(net, spec, stages.dtype)
     D = prior.cfg.embedding_dim
-    x = samplers.randn((len(gens), D), gens, stages.device, stages.dtype)
+    x = samplers.randn((len(gens), D), gens, stages.device, torch.float32)
     z = _sample(opts, denoise, x, opts.prior_steps, gens, "prior", report)
-    out = prior.denormalize(z)
+    out = prior.denormalize(z).float()
     stages.release("prior")
     return out
 
@@ -89,7 +89,7 @@ def decoder_stage(
     """CLIP image embedding (+ text) -> 64x64 image in [-1, 1]. `known` = (image, keep mask) for edits."""
     text_proj, unet = stages.get("text_proj"), stages.get("decoder")
     spec = stages.diffusion("decoder")
-    B = image_embed.shape[0]
+    B, image_embed = image_embed.shape[0], image_embed.to(stages.dtype)
     if opts.decoder_guidance == 1.0:
         emb, ctx, cmask = text_proj(image_embed, text.embed, text.tokens, text.mask)
         net = lambda x, t: unet(x, torch.tensor(t, device=x.device), emb=emb, context=ctx, context_mask=cmask)  # noqa: E731
@@ -99,9 +99,9 @@ def decoder_stage(
         emb, ctx, cmask = text_proj(images, both.embed, both.tokens, both.mask)
         net2 = lambda x, t: unet(x, torch.tensor(t, device=x.device), emb=emb, context=ctx, context_mask=cmask)  # noqa: E731
         net = samplers.guided(net2, opts.decoder_guidance, spec.guided_channels)
-    denoise = samplers.Denoiser(net, spec)
+    denoise = samplers.Denoiser(net, spec, stages.dtype)
     C, S = unet.cfg.in_channels, unet.cfg.sample_size
-    x = samplers.randn((B, C, S, S), gens, stages.device, stages.dtype)
+    x = samplers.randn((B, C, S, S), gens, stages.device, torch.float32)
     post = _keep_known(denoise.schedule, known, gens) if known is not None else None
     out = _sample(opts, denoise, x, opts.decoder_steps, gens, "decoder", report, post).clamp(-1, 1)
     stages.release("text_proj", "decoder")
@@ -120,7 +120,9 @@ def upsample_stage(
     model = {"net": stages.get(name)}
     spec = stages.diffusion(name)
     timesteps = gaussian.respace(spec.num_timesteps, opts.sr_steps)
-    up = F.interpolate(low, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+    # in float32: antialiased bicubic has no bf16 kernel on the CPU
+    up = F.interpolate(low.float(), size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+    up = up.to(stages.dtype)
 
     def net(x, t):
         if last_name and t == timesteps[-1]:
@@ -131,8 +133,8 @@ def upsample_stage(
             return out
         return model["net"](x, torch.tensor(t, device=x.device), low_res=up)
 
-    denoise = samplers.Denoiser(net, spec)
-    x = samplers.randn((low.shape[0], up.shape[1], size, size), gens, stages.device, stages.dtype)
+    denoise = samplers.Denoiser(net, spec, stages.dtype)
+    x = samplers.randn((low.shape[0], up.shape[1], size, size), gens, stages.device, torch.float32)
     post = _keep_known(denoise.schedule, known, gens) if known is not None else None
     out = _sample(opts, denoise, x, opts.sr_steps, gens, name, report, post).clamp(-1, 1)
     stages.release(name, f"{name}_last")
@@ -215,7 +217,7 @@ def edit(stages: Stages, image: torch.Tensor, edit_mask: torch.Tensor, prompts: 
     The mask is carried down to each stage's resolution by max-pooling (a low-res pixel is edited
     if any pixel it covers is), so the edit region never shrinks.
     """
-    image, edit_mask = image.to(stages.device, stages.dtype), edit_mask.to(stages.device)
+    image, edit_mask = image.to(stages.device, torch.float32), edit_mask.to(stages.device)
 
     def known_at(size: int):
         f = image.shape[-1] // size

@@ -156,8 +156,9 @@ _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF
            "BOOL": torch.bool}
 
 
-def read_tensors(path: Path, stage: str, device="cpu") -> dict[str, torch.Tensor]:
-    """All tensors of a safetensors file, each read into its own (aligned) CPU buffer.
+def read_tensors(path: Path, stage: str, device="cpu", dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file, each read into its own (aligned) CPU buffer; floating-point
+    ones cast to `dtype` as they are read (so a bf16 load never holds the whole fp32 file).
 
     Plain reads instead of a memory map: a mapped file's pages count towards the process's memory
     while its tensors are copied out, which doubled the peak of a stage load.
@@ -178,7 +179,7 @@ def read_tensors(path: Path, stage: str, device="cpu") -> dict[str, torch.Tensor
                 f.seek(base + start)
                 if buf.numel() and f.readinto(memoryview(buf.numpy())) != buf.numel():
                     raise ValueError(f"file ends inside tensor '{key}'")
-                out[key] = t
+                out[key] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
         raise UnclipError(f"stage '{stage}': cannot read {path} ({e})") from None
     return {k: v.to(device) for k, v in out.items()} if str(device) != "cpu" else out
@@ -211,4 +212,4 @@ def build(path: str | Path, stage: str, device="cpu", dtype=torch.float32, expec
         module = instantiate(meta["kind"], config, stage)
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     check_strict(stage, expected, shapes)  # before reading any tensor data
-    return load_into(module, read_tensors(path, stage), stage, device, dtype), config
+    return load_into(module, read_tensors(path, stage, dtype=dtype), stage, device, dtype), config

@@ -226,14 +226,15 @@ def build_stage(stage: str, weights_path, config_path, device, dtype) -> torch.n
         module = _module(stage, _read_json(config_path, f"stage '{stage}'"), f"stage '{stage}' ({config_path})")
         # read_tensors gives each tensor its own aligned buffer (never views into a memory map at arbitrary
         # offsets: MKL's batch-of-one GEMMs round differently on unaligned data, 1e-7 that t=999 amplifies).
-        return checkpoint.load_into(module, checkpoint.read_tensors(Path(weights_path), stage), stage, device, dtype)
+        tensors = checkpoint.read_tensors(Path(weights_path), stage, dtype=dtype)
+        return checkpoint.load_into(module, tensors, stage, device, dtype)
     paths = list(weights_path) if isinstance(weights_path, (tuple, list)) else [weights_path]
     cfg_paths = list(config_path) if isinstance(config_path, (tuple, list)) else [config_path]
     cfgs = [_read_json(p, f"stage '{stage}'") for p in cfg_paths] + [None]
     towers = clip_towers(cfgs[0], cfgs[1], f"stage '{stage}' ({cfg_paths[0]})")
     hf = {}
     for p, tower in zip(paths, ("clip", "clip_vision")):
-        own = checkpoint.read_tensors(Path(p), stage).items()
+        own = checkpoint.read_tensors(Path(p), stage, dtype=dtype).items()
         hf.update({k: v for k, v in own if not k.startswith(OTHER_TOWER[tower])})
     try:
         return hf_clip.load_hf_clip(*towers, hf, device, dtype, stage=stage)
