@@ -1,0 +1,1 @@
+"""The procedural shapes world (world.py), its pixel judge (judge.py) and `unclip eval` over it (evaluate.py)."""

@@ -1,0 +1,1 @@
+"""Models and their files: the registry (weights.toml; no torch), fetching, our checkpoints, and the Karlo / transformers converters."""
