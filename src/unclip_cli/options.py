@@ -65,6 +65,11 @@ def check(name: str, value) -> str | None:
     return None
 
 
+def first_problem(values: dict) -> str | None:
+    """The first reason one of these option values (None = not given) is not allowed."""
+    return next((p for k, v in values.items() if v is not None and (p := check(k, v))), None)
+
+
 def resolve(model_defaults: dict, given: dict, size: int) -> Options:
     """The options of a run: what was given (None = not given), else the model's defaults, else ours."""
     known = {k: v for k, v in model_defaults.items() if k in BY_NAME}

@@ -13,10 +13,8 @@ from unclip_cli.shapes import evaluate as ev
 
 
 def run(model, per_prompt: int, ablation: bool, seed: int, size: int | None, sampling: dict, device: str, out) -> dict:
-    for name, value in sampling.items():
-        problem = options.check(name, value) if value is not None else None
-        if problem:
-            raise UnclipError(problem)
+    if problem := options.first_problem(sampling):
+        raise UnclipError(problem)
     dev = pick_device(device)
     stages, _ = stages_mod.open_model(model, dev, torch.float32, size, keep_loaded=True)
     size = size or stages.decoder_size()

@@ -80,10 +80,8 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
 def validate(args: RunArgs) -> None:
     if args.num_images < 1:
         raise UnclipError(f"--num-images must be at least 1, got {args.num_images}")
-    for name, value in args.sampling.items():
-        problem = options.check(name, value) if value is not None else None
-        if problem:
-            raise UnclipError(problem)
+    if problem := options.first_problem(args.sampling):
+        raise UnclipError(problem)
     if args.seed is not None and not 0 <= args.seed < 2**63 - args.num_images:
         raise UnclipError(f"--seed must be a non-negative integer below 2**63, got {args.seed}")
 
