@@ -6,7 +6,7 @@ options: the CLI makes a `--flag` of each for every verb that uses the stage (`c
 keys there are an error). Adding one means a field here and the code that reads it.
 """
 
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 
 def option(default, help: str, *, stage: str, low=None, high=None, choices: tuple = ()):
@@ -22,7 +22,7 @@ class Options:
     sr_steps: int = option(7, "Upsampler sampling steps.", stage="upsampler", low=1, high=1000)
     prior_guidance: float = option(4.0, "Prior classifier-free guidance scale (1 = none).", stage="prior", low=0.0)
     decoder_guidance: float = option(8.0, "Decoder classifier-free guidance scale (1 = none).", stage="decoder", low=0.0)
-    sampler: str = option("ddpm", "ddpm (ancestral, as Karlo), ddim, or dpmpp_2m (DPM-Solver++(2M): fewer steps).",
+    sampler: str = option("ddpm", "ddpm (ancestral, as Karlo), ddim, or dpmpp_2m (DPM-Solver++(2M), deterministic).",
                           stage="all", choices=("ddpm", "ddim", "dpmpp_2m"))
     size: int = 256  # output size, resolved per model by pipeline.stages.open_model (not a sampling option)
 
@@ -44,7 +44,7 @@ class OptionInfo:
 
 
 SAMPLING = tuple(OptionInfo(f.name, f.type, f.default, **f.metadata["option"])
-                 for f in fields(Options) if "option" in f.metadata and f.default is not MISSING)
+                 for f in fields(Options) if "option" in f.metadata)
 BY_NAME = {o.name: o for o in SAMPLING}
 MODEL_DEFAULT_KEYS = (*BY_NAME, "size")  # what a model's [defaults] may set
 

@@ -2,7 +2,7 @@
 
 Commands parse options and hand them to `run`, which imports torch; nothing here does, so
 `unclip --help` answers at once. The sampling options (steps, guidance, sampler) are not written
-out per verb: `verb(...)` adds them from their one definition in `options.py`.
+out per verb: `with_options(...)` adds them from their one definition in `options.py`.
 """
 
 import contextlib

@@ -41,7 +41,7 @@ def encode_text(stages: Stages, prompts: list[str]) -> tuple[TextEncoding, list[
 
 def encode_images(stages: Stages, images) -> torch.Tensor:
     model = stages.get("clip")
-    if not hasattr(model.visual, "image_size"):  # hf_clip.AbsentTower: a text-only CLIP
+    if not hasattr(model.visual, "image_size"):  # models.clip.AbsentTower: a text-only CLIP
         raise UnclipError(f"model '{stages.spec.name}' has no CLIP image encoder; this needs one")
     size = clip.image_size(model)
     pixels = torch.stack([clip.preprocess(im, size) for im in images])

@@ -73,8 +73,6 @@ HELDOUT_COMBOS = (("purple", "triangle"), ("orange", "square"), ("green", "circl
 HELDOUT_RELATIONS = (("yellow", "above", "blue"), ("red", "left of", "purple"))
 HELDOUT = HELDOUT_COMBOS + HELDOUT_RELATIONS
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp")
-
 
 @dataclass(frozen=True)
 class Obj:

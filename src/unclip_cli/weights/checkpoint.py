@@ -185,14 +185,19 @@ def read_tensors(path: Path, stage: str, device="cpu", dtype: torch.dtype | None
     return {k: v.to(device) for k, v in out.items()} if str(device) != "cpu" else out
 
 
-def check_file(path: Path, stage: str, expect_kind: str) -> DiffusionSpec | None:
-    """Strict key/shape check of a stage file from its header only (no tensor is read); returns its spec."""
+def _checked_module(path: Path, stage: str, expect_kind: str | None):
+    """(module on the meta device, config, spec) of a stage file, strictly checked from its header only."""
     meta, shapes = read_header(path, stage)
     config, spec = _checked_meta(path, meta, stage, expect_kind)
     with torch.device("meta"):
         module = instantiate(meta["kind"], config, stage)
     check_strict(stage, {k: tuple(v.shape) for k, v in module.state_dict().items()}, shapes)
-    return spec
+    return module, config, spec
+
+
+def check_file(path: Path, stage: str, expect_kind: str) -> DiffusionSpec | None:
+    """Strict key/shape check of a stage file from its header only (no tensor is read); returns its spec."""
+    return _checked_module(path, stage, expect_kind)[2]
 
 
 def _checked_meta(path: Path, meta: dict, stage: str, expect_kind: str | None) -> tuple[dict, DiffusionSpec | None]:
@@ -206,10 +211,5 @@ def _checked_meta(path: Path, meta: dict, stage: str, expect_kind: str | None) -
 def build(path: str | Path, stage: str, device="cpu", dtype=torch.float32, expect_kind: str | None = None):
     """Build the module a checkpoint describes and load it strictly. Returns (module, config dict)."""
     path = Path(path)
-    meta, shapes = read_header(path, stage)
-    config, _ = _checked_meta(path, meta, stage, expect_kind)
-    with torch.device("meta"):
-        module = instantiate(meta["kind"], config, stage)
-    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    check_strict(stage, expected, shapes)  # before reading any tensor data
+    module, config, _ = _checked_module(path, stage, expect_kind)  # before reading any tensor data
     return load_into(module, read_tensors(path, stage, dtype=dtype), stage, device, dtype), config
