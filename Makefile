@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN = $(VENV)/bin
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: test install train-shapes bench clean
+.PHONY: test install demo train-shapes bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -19,6 +19,10 @@ install: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest
+
+# First image with the bundled model (offline): installs if needed, then writes one PNG into outputs/.
+demo: $(BIN)/.installed
+	$(BIN)/unclip generate "a red square above a blue circle" --seed 1 -o outputs
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -23,6 +23,13 @@ def test_eval_ablation_writes_json_and_markdown(home, tmp_path):
         assert 0.0 <= mode["diversity"] and -1.0 <= mode["clip_score"] <= 1.0
     md = out.with_suffix(".md").read_text().splitlines()
     assert md[0].startswith("| conditioning") and len(md) == 2 + 3 * 2
+    # count is reported per prompt type, from the judge's verdicts
+    cols = [c.strip() for c in md[0].strip("|").split("|")]
+    prior_row = [c.strip() for c in md[-2].strip("|").split("|")]
+    one = res["modes"]["prior"]["all_prompts"]["one_object"]["count"]
+    two = res["modes"]["prior"]["all_prompts"]["two_objects"]["count"]
+    assert prior_row[cols.index("count, 1 object")] == f"{100 * one:.1f}%"
+    assert prior_row[cols.index("count, 2 objects")] == f"{100 * two:.1f}%"
 
 
 def test_data_shapes_writes_pairs_and_refuses_to_overwrite(tmp_path):

@@ -44,14 +44,16 @@ def _eval_rows(results: dict) -> list[list[str]]:
             if s is None:
                 continue
             o, first = s["overall"], split == "all_prompts"
+            one, two = s["one_object"] or {}, s["two_objects"] or {}
             rows.append([MODES[mode], split.split("_")[0], pct(o["color"]), pct(o["shape"]), pct(o["size"]),
-                         pct(o["relation"]), pct((s["one_object"] or {}).get("all")),
-                         pct((s["two_objects"] or {}).get("all")),
+                         pct(o["relation"]), pct(one.get("count")), pct(two.get("count")), pct(one.get("all")),
+                         pct(two.get("all")),
                          f"{r['clip_score']:.3f}" if first else "", f"{r['diversity']:.3f}" if first else ""])
     return rows
 
 
-EVAL_COLUMNS = ("conditioning", "prompts", "color", "shape", "size", "relation", "full caption, 1 object",
+EVAL_COLUMNS = ("conditioning", "prompts", "color", "shape", "size", "relation", "count, 1 object", "count, 2 objects",
+                "full caption, 1 object",
                 "full caption, 2 objects", "CLIP score", "diversity")
 
 

@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from unclip_cli.errors import UnclipError
 from unclip_cli import options
 from unclip_cli.pipeline import cascade, images, stages as stages_mod
+from unclip_cli.weights import vocabulary
 
 err = Console(stderr=True)
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
@@ -138,6 +139,11 @@ def generators(seeds: list[int]) -> list[torch.Generator]:
 
 
 def warn_truncated(stages, prompt: str) -> None:
+    """Warnings about the prompt, one line each: words the model never saw, words cut off by CLIP."""
+    vocab = stages.vocabulary()
+    if vocab and (missing := vocabulary.unknown(vocab, prompt)):
+        err.print(f"[yellow]warning:[/] {vocabulary.warning(stages.spec.name, vocab, missing)}",
+                  highlight=False, soft_wrap=True, markup=True)
     _, dropped = cascade.encode_text(stages, [prompt])
     if dropped[0]:
         n = stages.context_length()

@@ -15,7 +15,7 @@ import torch
 from unclip_cli.diffusion.spec import DiffusionSpec
 from unclip_cli.errors import UnclipError
 from unclip_cli.models import clip
-from unclip_cli.weights import checkpoint, hub, karlo, registry
+from unclip_cli.weights import checkpoint, hub, karlo, registry, vocabulary
 from unclip_cli.weights.spec import REQUIRED, ModelSpec
 
 KINDS = {"clip": "clip", "prior": "prior", "text_proj": "text_proj", "decoder": "unet"}  # others: "unet"
@@ -103,6 +103,12 @@ class Stages:
             return int(json.loads(cfg.read_text()).get("sample_size") or 64) if cfg else 64
         meta, _ = checkpoint.read_header(self.paths["decoder"], "decoder")
         return int(json.loads(meta["config"]).get("sample_size", 64))
+
+    def vocabulary(self) -> list[str] | None:
+        """The words the model was trained on (stored in its CLIP file); None when it does not say."""
+        if self.spec.format == "diffusers" or "clip" not in self.paths:
+            return None
+        return vocabulary.read(self.paths["clip"])
 
     def context_length(self) -> int:
         return int(self.get("clip").positional_embedding.shape[0])

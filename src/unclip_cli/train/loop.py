@@ -212,7 +212,7 @@ def export(task, ema: dict[str, torch.Tensor], out: Path, cfg: TrainConfig) -> N
     dtype = {"fp16": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16}[cfg.export_dtype]
     for name, (kind, config, prefix, spec) in task.exports().items():
         sd = {k[len(prefix):]: v.to(dtype) if v.is_floating_point() else v for k, v in ema.items() if k.startswith(prefix)}
-        checkpoint.save(out / f"{name}.safetensors", kind, config, sd, diffusion=spec)
+        checkpoint.save(out / f"{name}.safetensors", kind, config, sd, diffusion=spec, extra=task.extra(name))
 
 
 def _save_replica(model, out: Path, d: Dist) -> None:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unclip_cli.weights import checkpoint
+from unclip_cli.weights import checkpoint, vocabulary
 from unclip_cli.models import clip
 from unclip_cli.diffusion import gaussian, losses
 from unclip_cli.diffusion.spec import DiffusionSpec
@@ -55,6 +55,10 @@ class Task:
 
     def after_step(self, model: nn.Module) -> None:
         pass
+
+    def extra(self, name: str) -> dict | None:
+        """Metadata stored with the exported stage file `name` (besides config and diffusion spec)."""
+        return None
 
 
 # CLIP ----------------------------------------------------------------------------------------
@@ -106,6 +110,10 @@ class ClipTask(Task):
 
     def exports(self) -> dict:
         return {"clip": ("clip", self.config, "", None)}
+
+    def extra(self, name: str) -> dict:
+        """The words of the training captions travel with the model (a warning names any others)."""
+        return {"vocabulary": vocabulary.of_captions(self.captions)}
 
 
 # Conditioning from a trained CLIP ------------------------------------------------------------
