@@ -3,8 +3,8 @@
 Usage: python benchmarks/count_probe.py [--per-prompt 4] [--out benchmarks/results/count_probe.json]
 For one-object prompts with and without a size word ("a purple triangle", "a small purple triangle"), judged
 by the shapes judge (count = exactly one object found), under:
-  prior      the prior's embedding -> decoder (the default path), judged at the decoder's 32 px and after the
-             256 px upsampler;
+  prior      the prior's embedding -> decoder (the default path), judged at the decoder's 32 px (and with
+             --upsample after the 256 px upsampler);
   true       the CLIP embedding of a true render of the caption -> decoder (is the prior to blame?);
   guidance   the prior path with decoder guidance 1, 3 (default) and 5 (is guidance to blame?).
 Prints and writes one JSON object: count accuracy and how many objects were found, per condition and prompt kind.
@@ -51,8 +51,11 @@ def main() -> None:
     ap.add_argument("--model", default="shapes")
     ap.add_argument("--per-prompt", type=int, default=4)
     ap.add_argument("--seed", type=int, default=500)
+    ap.add_argument("--upsample", action="store_true", help="also judge the prior path after the 256 px upsampler")
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     stages, _ = stages_mod.open_model(args.model, "cpu", torch.float32, 256, keep_loaded=True)
     base = options.resolve(stages.spec.defaults, {}, 256)
     out = {"model": stages.spec.name, "per_prompt": args.per_prompt, "seed": args.seed, "options": asdict(base)}
@@ -62,8 +65,8 @@ def main() -> None:
         res = {}
         x, gens = decode(stages, caps, None, base, args.seed)
         res["prior, 32 px"] = tally(images.to_pil(x), caps)
-        up = cascade.upsample_all(stages, x, base, gens)
-        res["prior, 256 px"] = tally(images.to_pil(up), caps)
+        if args.upsample:
+            res["prior, 256 px"] = tally(images.to_pil(cascade.upsample_all(stages, x, base, gens)), caps)
         renders = [world.render(world.scene_from_caption(c, rng), 256) for c in caps]
         x, _ = decode(stages, caps, cascade.encode_images(stages, renders), base, args.seed)
         res["true embedding, 32 px"] = tally(images.to_pil(x), caps)

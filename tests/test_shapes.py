@@ -383,3 +383,17 @@ def test_hard_negative_changes_exactly_one_binding():
             kinds.add("swap")
     assert kinds == {"one", "relation", "swap"}
     assert S.hard_negative("a photo of a dog", rng) is None
+
+
+def test_size_word_prob_drops_the_size_from_some_one_object_captions():
+    full = scenes(5, 200)
+    assert all(len(s.objects) == 2 or S.canonical(s.caption)["objects"][0]["size"] for s in full)
+    assert [s.caption for s in full] == [s.caption for s in scenes(5, 200, size_word_prob=1.0)]  # old datasets kept
+    mixed = [s for s in scenes(5, 400, size_word_prob=0.5) if len(s.objects) == 1]
+    bare = [s for s in mixed if S.canonical(s.caption)["objects"][0]["size"] is None]
+    assert 0.3 < len(bare) / len(mixed) < 0.7
+    for s in bare:  # the caption still describes the scene (the size is just unsaid)
+        o = S.canonical(s.caption)["objects"][0]
+        assert (o["color"], o["shape"]) == (s.objects[0].color, s.objects[0].shape)
+    assert not any(S.canonical(s.caption)["objects"][0]["size"] for s in scenes(5, 50, size_word_prob=0.0)
+                   if len(s.objects) == 1)

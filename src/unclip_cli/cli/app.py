@@ -169,6 +169,8 @@ def data_shapes(
     out: Annotated[Path, typer.Option(help="Output folder (must not exist or be empty).")],
     seed: Annotated[int, typer.Option(help="Seed; the same seed gives the same dataset.")] = 0,
     size: Annotated[int, typer.Option(help="Image size in pixels.")] = 256,
+    size_word_prob: Annotated[float, typer.Option(
+        help="Share of one-object captions that name the size ('a small red circle' vs 'a red circle').")] = 1.0,
 ):
     """Render the procedural shapes world as an image+caption folder (img2dataset layout)."""
     with friendly_errors():
@@ -176,8 +178,10 @@ def data_shapes(
 
         if count < 1:
             raise UnclipError(f"--count must be at least 1, got {count}")
+        if not 0.0 <= size_word_prob <= 1.0:
+            raise UnclipError(f"--size-word-prob must be between 0 and 1, got {size_word_prob}")
         try:
-            world.write_dataset(out, count, seed, size=size)
+            world.write_dataset(out, count, seed, size=size, size_word_prob=size_word_prob)
         except FileExistsError as e:
             raise UnclipError(str(e)) from None
         typer.echo(str(out))

@@ -244,9 +244,13 @@ def _pick(rng: np.random.Generator, options):
 
 
 def sample_scene(
-    rng, *, two_objects_prob: float = 0.5, exclude=None, paraphrase_prob: float = 0.25
+    rng, *, two_objects_prob: float = 0.5, exclude=None, paraphrase_prob: float = 0.25, size_word_prob: float = 1.0
 ) -> Scene:
-    """Draw a random scene (objects, sizes, layout, caption), avoiding the `exclude` combos."""
+    """Draw a random scene (objects, sizes, layout, caption), avoiding the `exclude` combos.
+
+    A one-object caption names the size ("a small red circle") with probability `size_word_prob`, else not
+    ("a red circle"); at 1.0 no extra random number is drawn, so datasets made before the option stay the same.
+    """
     rng = _as_rng(rng)
     pairs, triples = _split_exclude(exclude)
     allowed = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in pairs]
@@ -266,9 +270,10 @@ def sample_scene(
     extents = [_extent(rng, s) for s in sizes]
     positions = _layout(rng, extents, relation)
     objects = tuple(Obj(c, s, z) for (c, s), z in zip(combos, sizes))
+    says_size = size_word_prob >= 1.0 or rng.random() < size_word_prob
     spec = {
         "objects": [
-            {"color": o.color, "shape": o.shape, "size": o.size if n == 1 else None}
+            {"color": o.color, "shape": o.shape, "size": o.size if n == 1 and says_size else None}
             for o in objects
         ],
         "relation": relation,
@@ -355,7 +360,7 @@ def heldout_prompts() -> list[tuple[str, bool]]:
 # ----------------------------------------------------------------------------- datasets
 
 
-def write_dataset(out_dir, count: int, seed: int, size: int = 256, exclude=HELDOUT) -> Path:
+def write_dataset(out_dir, count: int, seed: int, size: int = 256, exclude=HELDOUT, size_word_prob: float = 1.0) -> Path:
     """Write `count` NNNNNNNN.png + NNNNNNNN.txt pairs into a new (or empty) out_dir."""
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -367,7 +372,7 @@ def write_dataset(out_dir, count: int, seed: int, size: int = 256, exclude=HELDO
     try:
         rng = np.random.default_rng(seed)
         for i in range(count):
-            scene = sample_scene(rng, exclude=exclude)
+            scene = sample_scene(rng, exclude=exclude, size_word_prob=size_word_prob)
             render(scene, size).save(tmp / f"{i:08d}.png")
             (tmp / f"{i:08d}.txt").write_text(scene.caption + "\n", encoding="utf-8")
         if out.exists():
