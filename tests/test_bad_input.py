@@ -448,3 +448,32 @@ def test_metadata_written_by_unclip_passes_the_caps():
     assert len(json.dumps(raw)) < images.MAX_METADATA_CHARS and images.json_depth(json.dumps(raw)) == 2
     buf = io.BytesIO(images.png_bytes(Image.new("RGB", (4, 4)), params))
     assert images._parse_params(Image.open(buf).info["unclip"], Path("x.png")) == params
+
+
+# --------------------------------------------------------------------------- a diffusers-layout folder (Karlo's)
+
+
+@pytest.fixture(scope="module")
+def karlo_folder(tmp_path_factory) -> Path:
+    pytest.importorskip("diffusers")
+    import karlo_tiny
+
+    root = tmp_path_factory.mktemp("karlo") / "tiny-karlo"
+    karlo_tiny.write_folder(root, seed=0)
+    return root
+
+
+@pytest.mark.parametrize("damage, needles", [
+    (lambda cfg: {**cfg, "layers_per_block": cfg["layers_per_block"] + 1}, ["stage 'decoder'", "missing key"]),
+    (lambda cfg: "{ not json", ["decoder", "config.json"]),
+])
+def test_stage_whose_config_does_not_match_its_file(home, karlo_folder, tmp_path, out, damage, needles):
+    import shutil
+
+    folder = tmp_path / "karlo"
+    shutil.copytree(karlo_folder, folder)
+    config = folder / "decoder" / "config.json"
+    changed = damage(json.loads(config.read_text()))
+    config.write_text(changed if isinstance(changed, str) else json.dumps(changed))
+    weights = folder / "decoder" / "diffusion_pytorch_model.safetensors"
+    refused(["generate", "a cat", "--model", folder, *FAST], *needles, out=out, inputs=(config, weights))

@@ -36,6 +36,7 @@ def load_image(path: str | Path, what: str = "image") -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own, lower limit applies
+            warnings.simplefilter("ignore", UserWarning)  # e.g. PIL's "Corrupt EXIF data": the tag is then not used
             with Image.open(path) as im:
                 _check_pixels(im.size, path, what)
                 im.seek(0)  # an animation: its first frame

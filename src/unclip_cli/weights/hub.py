@@ -98,6 +98,8 @@ def fetch(src: Source, what: str, *, model: str = "") -> Path:
         return src.path
     path = cached_path(src)
     sha = None
+    if path is not None:
+        path, sha = _check_cached(path, src, what, model)
     if path is None:
         path, sha = _download(src, what, model)
     _check_size(path, src, what)
@@ -106,6 +108,53 @@ def fetch(src: Source, what: str, *, model: str = "") -> Path:
     else:
         _warn_unverified(path, src, what, sha)
     return path
+
+
+def _check_cached(path: Path, src: Source, what: str, model: str) -> tuple[Path | None, str | None]:
+    """A cached Hub file as it is if its size and sha256 are right: (path, sha256 if computed here); (None, None)
+    when it is corrupt or truncated and was taken out of the cache to be fetched again (offline: an error naming it).
+
+    The sha256 it must have is the blob's own name (huggingface_hub names an LFS blob by the sha256 the Hub
+    announced) or else weights.toml's; a file that matches its name but not weights.toml is left for `verify`.
+    """
+    blob = Path(os.path.realpath(path))
+    size = blob.stat().st_size
+    name = blob.name.lower()
+    expected = name if len(name) == 64 and set(name) <= set("0123456789abcdef") else (src.sha256 or "").lower()
+    problem, actual = None, None
+    if src.size is not None and size != src.size:
+        problem = f"it has {size} bytes, weights.toml says {src.size}"
+    elif expected:
+        actual = _known_sha256(path, src)
+        if actual != expected:
+            problem = f"its sha256 is {actual}, expected {expected}"
+    if problem is None:
+        return path, actual
+    if hub_offline():
+        raise UnclipError(f"{what}: the cached {blob} is corrupt or truncated ({problem}); delete it, or run "
+                          f"`unclip models pull {model or 'MODEL'}` online to fetch it again")
+    _warn(f"{what}: the cached {blob} is corrupt or truncated ({problem}); fetching it again")
+    partial = partial_path(src)
+    if not partial.exists() and (src.size is None or size < src.size):
+        os.replace(blob, partial)  # a truncated copy is continued; if it is not a true prefix, it is refetched whole
+    else:
+        blob.unlink()
+    if path.is_symlink() or path.exists():
+        path.unlink()
+    return None, None
+
+
+def _known_sha256(path: Path, src: Source) -> str:
+    """sha256 of a cached file: remembered (per path, size and mtime) or computed now (and remembered if pinned)."""
+    from unclip_cli.weights.files import _load_hashes, _hash_key, sha256_file
+
+    seen = _load_hashes().get(_hash_key(path), "").removeprefix("unverified:")
+    if seen:
+        return seen
+    actual = sha256_file(path)
+    if src.sha256 and actual == src.sha256.lower():
+        _remember(path, actual)
+    return actual
 
 
 def _not_available(src: Source, what: str, model: str, reason: str) -> UnclipError:
@@ -206,8 +255,19 @@ def _fetch_blob(src: Source, meta, what: str, model: str, blob: Path, expected_s
                 git_sha1: str | None) -> str:
     """Stream the file into its partial file (continuing what is there) and move it to `blob`. Returns its sha256."""
     xfer = _open_partial(src, what, meta.size, git_sha1)
+    continued = xfer.have > 0
     _stream_with_retries(src, meta, what, model, xfer)
-    return _finish_blob(src, what, model, xfer, blob, expected_sha)
+    try:
+        return _finish_blob(src, what, model, xfer, blob, expected_sha)
+    except UnclipError:
+        if not continued:
+            raise
+        # the bytes we continued from were not a true prefix (e.g. a corrupt cached file): once more, from byte 0
+        _warn(f"{what}: the continued download of {src.describe()} did not check out; downloading it whole")
+        xfer.partial.unlink(missing_ok=True)
+        xfer = _open_partial(src, what, meta.size, git_sha1)
+        _stream_with_retries(src, meta, what, model, xfer)
+        return _finish_blob(src, what, model, xfer, blob, expected_sha)
 
 
 class _Transfer:
