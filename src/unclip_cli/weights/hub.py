@@ -1,4 +1,22 @@
-"""Fetching stage files: local paths as they are, Hugging Face Hub files through a resumable client."""
+"""Fetching stage files: local paths as they are, Hugging Face Hub files through a resumable client.
+
+Why our own client and not `huggingface_hub.hf_hub_download` (decision re-checked 2026-12-01 against the installed
+huggingface_hub 2.4.0, plain HTTP, the stand-in Hub of tests/hubserver.py; `python benchmarks/check_hf_hub_download.py`,
+numbers in benchmarks/results/hf_hub_download.json, behaviour pinned by tests/test_downloads.py and
+tests/test_hubserver.py). KEEP ours: the library still does not do what we need.
+  - Hub unreachable (connection refused), file not cached: hf_hub_download fails after 24.2 s (HEAD retried with
+    sleeps 1+2+4+8+8 s), and still 24.3 s with HF_HUB_ETAG_TIMEOUT=1 HF_HUB_DOWNLOAD_TIMEOUT=1; a Hub that accepts
+    and never answers: still waiting after 200 s with both at 1 s. Ours: 0.6 s and 1.7 s.
+  - HF_HUB_OFFLINE=1: both fail at once (0.7 s / 0.3 s); no difference.
+  - Interrupted: its partial file is `<etag>.<random>.incomplete`, unique per call, deleted when the call fails and
+    left behind unused (an orphan) when the process is killed; it writes in 10 MiB pieces, so within a call it can
+    resume only past a completed piece. A 20 MB file over a connection cut every 3 MB: 6 GETs from byte 0, then
+    RemoteProtocolError (18 MB moved, nothing kept). Ours: 7 ranged GETs, done. Killed 2 MB in: the rerun of
+    hf_hub_download starts from byte 0; ours asks for `Range: bytes=1996800-`.
+  - Hashes: it checks the length only. A transfer with one byte flipped is cached and returned as the file (named
+    by a sha256 it does not have); a corrupt cached file is returned with no check. Ours checks sha256 (and the git
+    blob id) while streaming and discards a mismatch, and checks a cached file against its sha256 before use.
+"""
 
 import hashlib
 import importlib
@@ -18,9 +36,8 @@ from unclip_cli.weights.spec import Source
 # blobs/<etag>, snapshots/<commit>/<filename> -> ../../blobs/<etag>), so other tools share them and a cached
 # file is found with no network request at all (`try_to_load_from_cache`).
 #
-# Missing files are not fetched with `hf_hub_download`: when the Hub cannot be reached it retries its HEAD for
-# ~23 s, and it deletes its partial file when a download fails, so an interrupted 4 GB download starts over.
-# Instead (`_download`):
+# Missing files are not fetched with `hf_hub_download` (measured reasons in the module docstring). Instead
+# (`_download`):
 #   1. one HEAD without retries (`get_hf_file_metadata`, short connect timeout): fails at once when the Hub
 #      cannot be reached, and gives the etag (the sha256 for LFS files), the size and the download URL;
 #   2. a ranged GET into blobs/unclip-<key>.incomplete, whose name depends only on (commit, filename), so a
@@ -30,6 +47,9 @@ from unclip_cli.weights.spec import Source
 #   4. the finished file is renamed to blobs/<etag> and linked from snapshots/<commit>/<filename> as
 #      huggingface_hub does, under huggingface_hub's per-blob lock file. From then on `hf_hub_download(...,
 #      local_files_only=True)` and `try_to_load_from_cache` find it like any file huggingface_hub downloaded.
+# A cached file is checked before use (`_check_cached`): size, and sha256 against the blob's own name (the Hub's
+# sha256 for LFS files) or weights.toml; a corrupt one is taken out of the cache and fetched again (a truncated
+# one continued from where it stops), or named in the error when offline.
 
 DOWNLOAD_RETRIES = 5  # failed attempts in a row (without new bytes) before one call gives up; the next call resumes
 RETRY_WAIT_S = 1.0  # first wait between attempts (doubles, at most 8x)
