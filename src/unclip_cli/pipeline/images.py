@@ -23,6 +23,7 @@ A1111_KEY = "parameters"
 
 
 MAX_PIXELS = 8192 * 8192  # larger inputs are refused before decoding (a 30000x30000 PNG needs 2.7 GB as RGB)
+LIMIT = f"the limit is {MAX_PIXELS // 10**6} megapixels, e.g. 8192x8192"
 MAX_METADATA_CHARS = 64 * 1024  # `unclip info` reads a JSON chunk up to this size (ours are under 2 kB)
 MAX_JSON_DEPTH = 32  # and nested this deep at most (ours: 2)
 
@@ -48,8 +49,8 @@ def load_image(path: str | Path, what: str = "image") -> Image.Image:
         raise UnclipError(f"{what} {path} is a folder, not an image") from None
     except PermissionError:
         raise UnclipError(f"{what} {path} cannot be read (permission denied)") from None
-    except Image.DecompressionBombError:
-        raise UnclipError(f"{what} {path} is too large (image too large: over {MAX_PIXELS // 10**6} megapixels)") from None
+    except Image.DecompressionBombError:  # far over PIL's own limit: refused by Image.open from the header
+        raise UnclipError(f"{what} {path}: image too large ({LIMIT})") from None
     except (UnidentifiedImageError, OSError, ValueError, EOFError, SyntaxError) as e:
         raise UnclipError(f"{what} {path} is not a readable image ({_reason(e, path)})") from None
 
@@ -71,24 +72,23 @@ def _reason(e: Exception, path: Path) -> str:
 def _check_pixels(size: tuple[int, int], path: Path, what: str) -> None:
     w, h = size
     if w * h > MAX_PIXELS:
-        raise UnclipError(f"{what} {path} is {w}x{h}: image too large (the limit is {MAX_PIXELS // 10**6} "
-                          "megapixels, e.g. 8192x8192)")
+        raise UnclipError(f"{what} {path} is {w}x{h}: image too large ({LIMIT})")
     if w < 1 or h < 1:
         raise UnclipError(f"{what} {path} is {w}x{h}: it has no pixels")
 
 
 def _upright(im: Image.Image) -> Image.Image:
-    """The image turned as its EXIF orientation says (a photo taken sideways); as it is if that tag is unreadable."""
+    """A copy turned as its EXIF orientation says (a photo taken sideways); as it is if that tag is unreadable."""
     try:
-        return ImageOps.exif_transpose(im)
+        return ImageOps.exif_transpose(im)  # a new image, turned or not
     except (ValueError, TypeError, KeyError, IndexError, SyntaxError, OSError, struct.error):
-        return im
+        return im.copy()
 
 
 def _eight_bit(im: Image.Image) -> Image.Image:
     """RGB, RGBA, L and LA as they are; 16-bit and float grey scaled to 8 bits; palettes and CMYK etc. to RGB(A)."""
     if im.mode in ("RGB", "RGBA", "L", "LA"):
-        return im.copy()
+        return im
     if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         a = np.asarray(im).astype(np.int64)
         top = 65535 if im.mode.startswith("I;16") or a.max() > 255 else 255  # "I" from 8-bit sources stays as is

@@ -155,12 +155,15 @@ def _check_cached(path: Path, src: Source, what: str, model: str) -> tuple[Path 
                           f"`unclip models pull {model or 'MODEL'}` online to fetch it again")
     _warn(f"{what}: the cached {blob} is corrupt or truncated ({problem}); fetching it again")
     partial = partial_path(src)
-    if not partial.exists() and (src.size is None or size < src.size):
-        os.replace(blob, partial)  # a truncated copy is continued; if it is not a true prefix, it is refetched whole
-    else:
-        blob.unlink()
-    if path.is_symlink() or path.exists():
-        path.unlink()
+    try:
+        if not partial.exists() and (src.size is None or size < src.size):
+            os.replace(blob, partial)  # a truncated copy is continued; not a true prefix: refetched whole
+        else:
+            blob.unlink()
+        if path.is_symlink() or path.exists():
+            path.unlink()
+    except FileNotFoundError:
+        pass  # another process took it out first
     return None, None
 
 
