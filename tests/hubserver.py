@@ -36,6 +36,8 @@ What the server answers, modelled on the Hub's ``/resolve`` endpoint as used by 
 Every request is recorded (``hub.requests``, ``hub.count(...)``, ``hub.file_gets(...)``) so tests can assert
 "no network call when cached". Fault injection: ``hub.fail_after(repo, filename, nbytes)`` makes the next GET of
 that file's content send the full ``Content-Length`` and then drop the connection after ``nbytes`` bytes;
+``hub.stall_after(repo, filename, nbytes)`` sends ``nbytes`` and then holds the connection open, silent, until
+``hub.release()`` (a transfer to kill midway); ``hub.corrupt_next(repo, filename)`` flips one byte of the next GET;
 ``hub.fail_next(status)`` answers the next request(s) with an error status; ``hub.delay_s`` delays every answer.
 
 Xet is not emulated (no ``X-Xet-Hash`` header is ever sent), so downloads always use plain HTTP.
@@ -172,6 +174,9 @@ class FakeHub:
         self._blobs: dict[str, HubFile] = {}  # sha256 -> file (for the CDN)
         self._fail_after: dict[str, list[int]] = {}  # sha256 of the content -> [nbytes, times]
         self._fail_next: list[int] = []
+        self._stall_after: dict[str, int] = {}  # sha256 of the content -> bytes to send before stalling
+        self._corrupt: set[str] = set()  # sha256 of contents whose next GET has one byte flipped
+        self._release = threading.Event()  # set by stop() / release(): stalled GETs hang up
         self._lock = threading.RLock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -193,6 +198,7 @@ class FakeHub:
 
     def stop(self) -> None:
         """Stop serving and close the listening socket: the endpoint then refuses connections."""
+        self._release.set()
         server, self._server = self._server, None
         if server is not None:
             server.shutdown()
@@ -288,6 +294,25 @@ class FakeHub:
         with self._lock:
             self._fail_after[f.sha256] = [nbytes, times]
 
+    def stall_after(self, repo_id: str, filename: str, nbytes: int, *, revision: str = "main",
+                    repo_type: str = "model") -> None:
+        """The next GET of this file's bytes announces the full length, sends ``nbytes`` and then sends nothing
+        more (the connection stays open) until ``release()`` or ``stop()``: a transfer to kill midway."""
+        f = self.get_file(repo_id, filename, revision, repo_type=repo_type)
+        with self._lock:
+            self._stall_after[f.sha256] = nbytes
+            self._release.clear()
+
+    def release(self) -> None:
+        """Hang up every stalled GET."""
+        self._release.set()
+
+    def corrupt_next(self, repo_id: str, filename: str, *, revision: str = "main", repo_type: str = "model") -> None:
+        """The next GET of this file's bytes serves them with one byte flipped (same length, same ETag)."""
+        f = self.get_file(repo_id, filename, revision, repo_type=repo_type)
+        with self._lock:
+            self._corrupt.add(f.sha256)
+
     def fail_next(self, status: int = 503, times: int = 1) -> None:
         """Answer the next ``times`` requests (any path) with ``status`` and an empty JSON error."""
         with self._lock:
@@ -358,6 +383,17 @@ class FakeHub:
             else:
                 entry[1] = times - 1
             return nbytes
+
+    def _take_stall_after(self, f: HubFile) -> int | None:
+        with self._lock:
+            return self._stall_after.pop(f.sha256, None)
+
+    def _take_corrupt(self, f: HubFile) -> bool:
+        with self._lock:
+            if f.sha256 in self._corrupt:
+                self._corrupt.discard(f.sha256)
+                return True
+            return False
 
     def _cdn_lookup(self, sha256: str, query: str) -> HubFile | None:
         with self._lock:
@@ -566,6 +602,22 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(rec, status, headers, data)
             return
         rec.served = f
+        if self.hub._take_corrupt(f) and data:
+            middle = len(data) // 2
+            data = data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :]
+        stall = self.hub._take_stall_after(f)
+        if stall is not None and stall < len(data):
+            rec.status = status
+            self._write_head(status, headers, len(data))
+            try:
+                self.wfile.write(data[:stall])
+                self.wfile.flush()
+                self.hub._release.wait(120)
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self.close_connection = True
+            return
         cut = self.hub._take_fail_after(f)
         if cut is None or cut >= len(data):
             self._send(rec, status, headers, data)

@@ -6,6 +6,7 @@ options: the CLI makes a `--flag` of each for every verb that uses the stage (`c
 keys there are an error). Adding one means a field here and the code that reads it.
 """
 
+import math
 from dataclasses import dataclass, field, fields, replace
 
 
@@ -56,6 +57,8 @@ def check(name: str, value) -> str | None:
         value = float(value)
     if not isinstance(value, o.type) or isinstance(value, bool):
         return f"{o.flag} must be {'a number' if o.type is float else 'an integer' if o.type is int else 'text'}, got {value!r}"
+    if o.type is float and not math.isfinite(value):
+        return f"{o.flag} must be a finite number, got {value}"
     if o.choices and value not in o.choices:
         return f"{o.flag} must be {' or '.join(o.choices)}, got '{value}'"
     if o.low is not None and o.high is not None and not o.low <= value <= o.high:

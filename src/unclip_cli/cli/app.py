@@ -142,7 +142,7 @@ def info(image: Annotated[Path, typer.Argument(help="A PNG written by unclip.")]
 
             typer.echo(_json.dumps(params if params is not None else {"parameters": text}, indent=2, sort_keys=True))
         else:
-            typer.echo(text if text is not None else str(params))
+            typer.echo(images.printable(text if text is not None else str(params)))
 
 
 @models_app.command("list")

@@ -1,6 +1,7 @@
 """`unclip models list` and `unclip models pull`: what is configured, what is on disk, downloading ahead of time."""
 
 import shutil
+from pathlib import Path
 
 from rich.console import Console
 
@@ -76,10 +77,19 @@ def pull(name: str) -> None:
     err.print(f"model '{name}': {len(files)} files, {todo}; cache {cache}", highlight=False)
     total = 0
     for what, src in files:
-        had = hub.cached_path(src) is not None
+        before = _identity(hub.cached_path(src))
         path = hub.fetch(src, f"{what} of model '{name}'", model=name)
+        had = before is not None and before == _identity(path)  # a corrupt cached file is fetched again
         total += path.stat().st_size
         state = ("local file" if src.path else "already downloaded") if had else "downloaded"
         check = "sha256 ok" if src.sha256 else "sha256 not pinned in weights.toml"
         err.print(f"  {what}: {state}, {_gb(path.stat().st_size)}, {check}", highlight=False)
     err.print(f"model '{name}' is ready ({_gb(total)})", highlight=False)
+
+
+def _identity(path: Path | None) -> tuple | None:
+    """Which file a path is (inode, size, mtime), to tell a file used as it was from one fetched again."""
+    if path is None:
+        return None
+    st = Path(path).stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns

@@ -23,6 +23,7 @@ from unclip_cli.weights import vocabulary
 err = Console(stderr=True)
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+MAX_IMAGES = 10_000  # per command: more is surely a typo (the seeds alone would fill memory at 10**9)
 
 
 @dataclass
@@ -81,6 +82,8 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
 def validate(args: RunArgs) -> None:
     if args.num_images < 1:
         raise UnclipError(f"--num-images must be at least 1, got {args.num_images}")
+    if args.num_images > MAX_IMAGES:
+        raise UnclipError(f"--num-images must be at most {MAX_IMAGES}, got {args.num_images}")
     if problem := options.first_problem(args.sampling):
         raise UnclipError(problem)
     if args.seed is not None and not 0 <= args.seed < 2**63 - args.num_images:

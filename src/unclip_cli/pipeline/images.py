@@ -7,12 +7,14 @@ fresh name (`NNNNN-SEED-slug.png`), which fails instead of replacing an existing
 import json
 import os
 import re
+import struct
+import warnings
 from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from unclip_cli.errors import UnclipError
 
@@ -20,20 +22,86 @@ JSON_KEY = "unclip"
 A1111_KEY = "parameters"
 
 
+MAX_PIXELS = 8192 * 8192  # larger inputs are refused before decoding (a 30000x30000 PNG needs 2.7 GB as RGB)
+LIMIT = f"the limit is {MAX_PIXELS // 10**6} megapixels, e.g. 8192x8192"
+MAX_METADATA_CHARS = 64 * 1024  # `unclip info` reads a JSON chunk up to this size (ours are under 2 kB)
+MAX_JSON_DEPTH = 32  # and nested this deep at most (ours: 2)
+
+
 def load_image(path: str | Path, what: str = "image") -> Image.Image:
+    """An image file as an 8-bit PIL image (RGB, RGBA, L or LA), its EXIF rotation applied; first frame only.
+
+    Refused with an UnclipError: no file, not an image, truncated, over MAX_PIXELS.
+    """
     path = Path(path)
     try:
-        with Image.open(path) as im:
-            im.load()
-            return im.copy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own, lower limit applies
+            warnings.simplefilter("ignore", UserWarning)  # e.g. PIL's "Corrupt EXIF data": the tag is then not used
+            with Image.open(path) as im:
+                _check_pixels(im.size, path, what)
+                im.seek(0)  # an animation: its first frame
+                im.load()
+                return _eight_bit(_upright(im))
     except FileNotFoundError:
         raise UnclipError(f"{what} {path} does not exist") from None
     except IsADirectoryError:
         raise UnclipError(f"{what} {path} is a folder, not an image") from None
     except PermissionError:
         raise UnclipError(f"{what} {path} cannot be read (permission denied)") from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise UnclipError(f"{what} {path} is not a readable image ({e.__class__.__name__})") from None
+    except Image.DecompressionBombError:  # far over PIL's own limit: refused by Image.open from the header
+        raise UnclipError(f"{what} {path}: image too large ({LIMIT})") from None
+    except (UnidentifiedImageError, OSError, ValueError, EOFError, SyntaxError) as e:
+        raise UnclipError(f"{what} {path} is not a readable image ({_reason(e, path)})") from None
+
+
+def _reason(e: Exception, path: Path) -> str:
+    """Why PIL could not read a file, in a few words."""
+    text = str(e)
+    if path.is_file() and path.stat().st_size == 0:
+        return "the file is empty"
+    if "truncated" in text.lower():
+        return "the file is truncated"
+    if "MAX_TEXT" in text:
+        return "a metadata chunk is too large to read"
+    if isinstance(e, UnidentifiedImageError):
+        return "not an image format PIL knows"
+    return e.__class__.__name__
+
+
+def _check_pixels(size: tuple[int, int], path: Path, what: str) -> None:
+    w, h = size
+    if w * h > MAX_PIXELS:
+        raise UnclipError(f"{what} {path} is {w}x{h}: image too large ({LIMIT})")
+    if w < 1 or h < 1:
+        raise UnclipError(f"{what} {path} is {w}x{h}: it has no pixels")
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    """A copy turned as its EXIF orientation says (a photo taken sideways); as it is if that tag is unreadable."""
+    try:
+        return ImageOps.exif_transpose(im)  # a new image, turned or not
+    except (ValueError, TypeError, KeyError, IndexError, SyntaxError, OSError, struct.error):
+        return im.copy()
+
+
+def _eight_bit(im: Image.Image) -> Image.Image:
+    """RGB, RGBA, L and LA as they are; 16-bit and float grey scaled to 8 bits; palettes and CMYK etc. to RGB(A)."""
+    if im.mode in ("RGB", "RGBA", "L", "LA"):
+        return im
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        a = np.asarray(im).astype(np.int64)
+        top = 65535 if im.mode.startswith("I;16") or a.max() > 255 else 255  # "I" from 8-bit sources stays as is
+        return Image.fromarray((np.clip(a, 0, top) * 255 // top).astype(np.uint8), "L")
+    if im.mode == "F":  # float grey: 0..1, or 0..255 if any value is above 1
+        a = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        top = 255.0 if a.max() > 1 else 1.0
+        return Image.fromarray((np.clip(a, 0.0, top) * (255 / top)).round().astype(np.uint8), "L")
+    if im.mode in ("P", "PA"):
+        return im.convert("RGBA" if im.mode == "PA" or "transparency" in im.info else "RGB")
+    if im.mode == "1":
+        return im.convert("L")
+    return im.convert("RGBA" if "A" in im.getbands() else "RGB")  # CMYK, YCbCr, LAB, HSV, RGBX, RGBa, La
 
 
 def edit_mask(image: Image.Image, mask: Image.Image | None, mask_path: str | None = None) -> np.ndarray:
@@ -141,11 +209,59 @@ def save_new(outdir: Path, stem: str, data: bytes, suffix: str = ".png") -> Path
 
 
 def read_params(path: str | Path) -> tuple[dict | None, str | None]:
-    """(JSON parameters, A1111 text) stored in a PNG by `png_bytes`."""
+    """(JSON parameters, A1111 text) stored in a PNG by `png_bytes`; hostile chunks give an UnclipError.
+
+    The JSON chunk is only parsed (never evaluated) and only up to MAX_METADATA_CHARS characters and
+    MAX_JSON_DEPTH levels of nesting (checked before parsing, so the parser never recurses deeply).
+    """
     im = load_image(path)
     text = im.info.get(A1111_KEY)
     raw = im.info.get(JSON_KEY)
-    return (json.loads(raw) if raw else None), text
+    text = str(text)[:MAX_METADATA_CHARS] if text is not None else None
+    return (_parse_params(str(raw), Path(path)) if raw else None), text
+
+
+def _parse_params(raw: str, path: Path) -> dict:
+    where = f"{path}: its '{JSON_KEY}' metadata"
+    if len(raw) > MAX_METADATA_CHARS:
+        raise UnclipError(f"{where} is {len(raw)} characters, over the {MAX_METADATA_CHARS} limit; not read")
+    if json_depth(raw) > MAX_JSON_DEPTH:
+        raise UnclipError(f"{where} is nested more than {MAX_JSON_DEPTH} levels deep; not read")
+    try:
+        params = json.loads(raw)
+    except (ValueError, RecursionError) as e:
+        raise UnclipError(f"{where} is not valid JSON ({e.__class__.__name__})") from None
+    if not isinstance(params, dict):
+        raise UnclipError(f"{where} is not a JSON object (got {type(params).__name__})")
+    return params
+
+
+def json_depth(text: str) -> int:
+    """Deepest nesting of [ and { in JSON text, outside strings; a loop, no recursion."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def printable(text: str) -> str:
+    """Text from a file, safe to print on a terminal: control characters (escape sequences) shown as \\xNN."""
+    return "".join(c if c in "\n\t" or c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}"
+                   for c in text)
 
 
 def composite(original: Image.Image, generated: Image.Image, edit_mask: np.ndarray) -> Image.Image:

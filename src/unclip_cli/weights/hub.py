@@ -1,4 +1,22 @@
-"""Fetching stage files: local paths as they are, Hugging Face Hub files through a resumable client."""
+"""Fetching stage files: local paths as they are, Hugging Face Hub files through a resumable client.
+
+Why our own client and not `huggingface_hub.hf_hub_download` (decision re-checked 2026-12-01 against the installed
+huggingface_hub 2.4.0, plain HTTP, the stand-in Hub of tests/hubserver.py; `python benchmarks/check_hf_hub_download.py`,
+numbers in benchmarks/results/hf_hub_download.json, behaviour pinned by tests/test_downloads.py and
+tests/test_hubserver.py). KEEP ours: the library still does not do what we need.
+  - Hub unreachable (connection refused), file not cached: hf_hub_download fails after 24.2 s (HEAD retried with
+    sleeps 1+2+4+8+8 s), and still 24.3 s with HF_HUB_ETAG_TIMEOUT=1 HF_HUB_DOWNLOAD_TIMEOUT=1; a Hub that accepts
+    and never answers: still waiting after 200 s with both at 1 s. Ours: 0.6 s and 1.7 s.
+  - HF_HUB_OFFLINE=1: both fail at once (0.7 s / 0.3 s); no difference.
+  - Interrupted: its partial file is `<etag>.<random>.incomplete`, unique per call, deleted when the call fails and
+    left behind unused (an orphan) when the process is killed; it writes in 10 MiB pieces, so within a call it can
+    resume only past a completed piece. A 20 MB file over a connection cut every 3 MB: 6 GETs from byte 0, then
+    RemoteProtocolError (18 MB moved, nothing kept). Ours: 7 ranged GETs, done. Killed 2 MB in: the rerun of
+    hf_hub_download starts from byte 0; ours asks for `Range: bytes=1996800-`.
+  - Hashes: it checks the length only. A transfer with one byte flipped is cached and returned as the file (named
+    by a sha256 it does not have); a corrupt cached file is returned with no check. Ours checks sha256 (and the git
+    blob id) while streaming and discards a mismatch, and checks a cached file against its sha256 before use.
+"""
 
 import hashlib
 import importlib
@@ -18,9 +36,8 @@ from unclip_cli.weights.spec import Source
 # blobs/<etag>, snapshots/<commit>/<filename> -> ../../blobs/<etag>), so other tools share them and a cached
 # file is found with no network request at all (`try_to_load_from_cache`).
 #
-# Missing files are not fetched with `hf_hub_download`: when the Hub cannot be reached it retries its HEAD for
-# ~23 s, and it deletes its partial file when a download fails, so an interrupted 4 GB download starts over.
-# Instead (`_download`):
+# Missing files are not fetched with `hf_hub_download` (measured reasons in the module docstring). Instead
+# (`_download`):
 #   1. one HEAD without retries (`get_hf_file_metadata`, short connect timeout): fails at once when the Hub
 #      cannot be reached, and gives the etag (the sha256 for LFS files), the size and the download URL;
 #   2. a ranged GET into blobs/unclip-<key>.incomplete, whose name depends only on (commit, filename), so a
@@ -30,6 +47,9 @@ from unclip_cli.weights.spec import Source
 #   4. the finished file is renamed to blobs/<etag> and linked from snapshots/<commit>/<filename> as
 #      huggingface_hub does, under huggingface_hub's per-blob lock file. From then on `hf_hub_download(...,
 #      local_files_only=True)` and `try_to_load_from_cache` find it like any file huggingface_hub downloaded.
+# A cached file is checked before use (`_check_cached`): size, and sha256 against the blob's own name (the Hub's
+# sha256 for LFS files) or weights.toml; a corrupt one is taken out of the cache and fetched again (a truncated
+# one continued from where it stops), or named in the error when offline.
 
 DOWNLOAD_RETRIES = 5  # failed attempts in a row (without new bytes) before one call gives up; the next call resumes
 RETRY_WAIT_S = 1.0  # first wait between attempts (doubles, at most 8x)
@@ -98,6 +118,8 @@ def fetch(src: Source, what: str, *, model: str = "") -> Path:
         return src.path
     path = cached_path(src)
     sha = None
+    if path is not None:
+        path, sha = _check_cached(path, src, what, model)
     if path is None:
         path, sha = _download(src, what, model)
     _check_size(path, src, what)
@@ -106,6 +128,56 @@ def fetch(src: Source, what: str, *, model: str = "") -> Path:
     else:
         _warn_unverified(path, src, what, sha)
     return path
+
+
+def _check_cached(path: Path, src: Source, what: str, model: str) -> tuple[Path | None, str | None]:
+    """A cached Hub file as it is if its size and sha256 are right: (path, sha256 if computed here); (None, None)
+    when it is corrupt or truncated and was taken out of the cache to be fetched again (offline: an error naming it).
+
+    The sha256 it must have is the blob's own name (huggingface_hub names an LFS blob by the sha256 the Hub
+    announced) or else weights.toml's; a file that matches its name but not weights.toml is left for `verify`.
+    """
+    blob = Path(os.path.realpath(path))
+    size = blob.stat().st_size
+    name = blob.name.lower()
+    expected = name if len(name) == 64 and set(name) <= set("0123456789abcdef") else (src.sha256 or "").lower()
+    problem, actual = None, None
+    if src.size is not None and size != src.size:
+        problem = f"it has {size} bytes, weights.toml says {src.size}"
+    elif expected:
+        actual = _known_sha256(path, src)
+        if actual != expected:
+            problem = f"its sha256 is {actual}, expected {expected}"
+    if problem is None:
+        return path, actual
+    if hub_offline():
+        raise UnclipError(f"{what}: the cached {blob} is corrupt or truncated ({problem}); delete it, or run "
+                          f"`unclip models pull {model or 'MODEL'}` online to fetch it again")
+    _warn(f"{what}: the cached {blob} is corrupt or truncated ({problem}); fetching it again")
+    partial = partial_path(src)
+    try:
+        if not partial.exists() and (src.size is None or size < src.size):
+            os.replace(blob, partial)  # a truncated copy is continued; not a true prefix: refetched whole
+        else:
+            blob.unlink()
+        if path.is_symlink() or path.exists():
+            path.unlink()
+    except FileNotFoundError:
+        pass  # another process took it out first
+    return None, None
+
+
+def _known_sha256(path: Path, src: Source) -> str:
+    """sha256 of a cached file: remembered (per path, size and mtime) or computed now (and remembered if pinned)."""
+    from unclip_cli.weights.files import _load_hashes, _hash_key, sha256_file
+
+    seen = _load_hashes().get(_hash_key(path), "").removeprefix("unverified:")
+    if seen:
+        return seen
+    actual = sha256_file(path)
+    if src.sha256 and actual == src.sha256.lower():
+        _remember(path, actual)
+    return actual
 
 
 def _not_available(src: Source, what: str, model: str, reason: str) -> UnclipError:
@@ -206,8 +278,19 @@ def _fetch_blob(src: Source, meta, what: str, model: str, blob: Path, expected_s
                 git_sha1: str | None) -> str:
     """Stream the file into its partial file (continuing what is there) and move it to `blob`. Returns its sha256."""
     xfer = _open_partial(src, what, meta.size, git_sha1)
+    continued = xfer.have > 0
     _stream_with_retries(src, meta, what, model, xfer)
-    return _finish_blob(src, what, model, xfer, blob, expected_sha)
+    try:
+        return _finish_blob(src, what, model, xfer, blob, expected_sha)
+    except UnclipError:
+        if not continued:
+            raise
+        # the bytes we continued from were not a true prefix (e.g. a corrupt cached file): once more, from byte 0
+        _warn(f"{what}: the continued download of {src.describe()} did not check out; downloading it whole")
+        xfer.partial.unlink(missing_ok=True)
+        xfer = _open_partial(src, what, meta.size, git_sha1)
+        _stream_with_retries(src, meta, what, model, xfer)
+        return _finish_blob(src, what, model, xfer, blob, expected_sha)
 
 
 class _Transfer:

@@ -9,6 +9,7 @@ file has the same format; later entries win. A local folder in diffusers layout 
 """
 
 import os
+import re
 import tomllib
 from pathlib import Path
 
@@ -20,7 +21,27 @@ from unclip_cli.weights.spec import REQUIRED, STAGES, ModelSpec, Source, unclip_
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
 
+def _table(value, where: str) -> dict:
+    """A TOML table (dict), else an error naming where it should be."""
+    if not isinstance(value, dict):
+        raise UnclipError(f"{where}: must be a table ({{ key = value, ... }}), got {value!r:.80}")
+    return value
+
+
+def _check_fields(raw: dict, where: str) -> None:
+    """Text fields are text, size a non-negative integer, sha256 64 hex digits."""
+    for key in ("path", "package", "repo", "revision", "filename", "sha256"):
+        if key in raw and not isinstance(raw[key], str):
+            raise UnclipError(f"{where}: {key} must be text (in quotes), got {raw[key]!r:.80}")
+    size = raw.get("size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+        raise UnclipError(f"{where}: size must be a number of bytes, got {size!r:.80}")
+    if raw.get("sha256") and not re.fullmatch(r"[0-9a-fA-F]{64}", raw["sha256"]):
+        raise UnclipError(f"{where}: sha256 must be 64 hex digits, got '{raw['sha256']:.80}'")
+
+
 def _source(raw: dict, base: Path, where: str) -> Source:
+    _check_fields(_table(raw, where), where)
     if "package" in raw:
         path = PACKAGE_DIR / raw["package"]
     elif "path" in raw:
@@ -50,19 +71,24 @@ def _defaults(raw: dict, where: str) -> dict:
 
 def _parse(data: dict, base: Path, origin: str) -> dict[str, ModelSpec]:
     models = {}
-    for name, raw in data.get("models", {}).items():
+    for name, raw in _table(data.get("models", {}), f"{origin} [models]").items():
         where = f"{origin} [models.{name}]"
-        stages = {s: _source(r, base, f"{where}.stages.{s}") for s, r in raw.get("stages", {}).items()}
+        raw = _table(raw, where)
+        stages = {s: _source(r, base, f"{where}.stages.{s}")
+                  for s, r in _table(raw.get("stages", {}), f"{where}.stages").items()}
         unknown = set(stages) - set(STAGES)
         if unknown:
             raise UnclipError(f"{where}: unknown stages {sorted(unknown)} (known: {', '.join(STAGES)})")
-        configs = {s: _source(r, base, f"{where}.configs.{s}") for s, r in raw.get("configs", {}).items()}
+        if raw.get("format", "unclip") not in ("unclip", "diffusers"):
+            raise UnclipError(f"{where}: format must be \"unclip\" or \"diffusers\", got {raw['format']!r:.80}")
+        configs = {s: _source(r, base, f"{where}.configs.{s}")
+                   for s, r in _table(raw.get("configs", {}), f"{where}.configs").items()}
         models[name] = ModelSpec(
             name=name,
             description=raw.get("description", ""),
             format=raw.get("format", "unclip"),
             stages=stages,
-            defaults=_defaults(raw.get("defaults", {}), f"{origin} [models.{name}.defaults]"),
+            defaults=_defaults(_table(raw.get("defaults", {}), f"{where}.defaults"), f"{origin} [models.{name}.defaults]"),
             configs=configs,
         )
     return models
@@ -83,6 +109,8 @@ def registry() -> tuple[str, dict[str, ModelSpec]]:
         except (OSError, tomllib.TOMLDecodeError) as e:
             raise UnclipError(f"cannot read model registry {f}: {e}") from None
         default = data.get("default", default)
+        if not isinstance(default, (str, type(None))):
+            raise UnclipError(f"model registry {f}: default must be a model name in quotes, got {default!r:.80}")
         models.update(_parse(data, f.parent, str(f)))
     return default, models
 
