@@ -7,6 +7,7 @@ file, so two processes writing into one folder never clobber each other) and the
 removed, whatever happens.
 """
 
+import contextlib
 import errno
 import itertools
 import json
@@ -120,7 +121,8 @@ def check_outdir(outdir: Path) -> Path:
     except OSError as e:
         raise UnclipError(f"output folder {outdir} is not writable ({e.strerror or e})") from None
     finally:
-        probe.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # nothing to remove when the folder could not be made
+            probe.unlink(missing_ok=True)
     return outdir
 
 
