@@ -231,3 +231,29 @@ def test_other_runtime_errors_are_not_called_out_of_memory(home, tmp_path, monke
     monkeypatch.setattr(unet.UNet, "forward", boom)
     r = invoke("generate", "a dot", *FAST, "-o", tmp_path / "out")
     assert isinstance(r.exception, RuntimeError) and "out of memory" not in r.stderr
+
+
+# --------------------------------------------------------------------------- two writers, one folder
+
+
+def _write_many(outdir: str, tag: int) -> None:
+    from unclip_cli.pipeline import images
+
+    for i in range(25):
+        images.save_new(Path(outdir), f"{tag}-x", f"{tag}:{i}".encode() * 1000)
+
+
+def test_two_processes_writing_into_one_folder_never_clobber(tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_write_many, args=(str(tmp_path), tag)) for tag in (1, 2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    files = sorted(tmp_path.iterdir())
+    assert len(files) == 50 and all(re.match(r"^\d{5}-[12]-x\.png$", p.name) for p in files)
+    contents = {p.read_bytes() for p in files}
+    assert contents == {f"{tag}:{i}".encode() * 1000 for tag in (1, 2) for i in range(25)}

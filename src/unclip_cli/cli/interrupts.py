@@ -15,7 +15,7 @@ class Interrupted(BaseException):
     """Raised by a SIGINT or SIGTERM handler (a BaseException, like KeyboardInterrupt, so no
     `except Exception` swallows it). `message` is the one line the CLI prints."""
 
-    def __init__(self, signum: int, message: str = "interrupted"):
+    def __init__(self, signum: int, message: str = "interrupted before anything was written"):
         super().__init__(message)
         self.signum, self.message = signum, message
 
