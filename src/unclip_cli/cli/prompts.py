@@ -61,7 +61,7 @@ def read_prompts_file(source: str | Path) -> tuple[list[Prompt], list[Skipped], 
     prompts, bad, index = [], [], 0
     for number, raw in enumerate(data.splitlines(), 1):
         try:
-            text = raw.decode("utf-8").strip()
+            text = raw.decode("utf-8").lstrip("\ufeff").strip()  # a byte-order mark, if an editor wrote one
         except UnicodeDecodeError:
             text, problem = None, "the line is not UTF-8 text"
         else:
@@ -71,7 +71,7 @@ def read_prompts_file(source: str | Path) -> tuple[list[Prompt], list[Skipped], 
         if problem:
             bad.append(Skipped(number, problem))
         else:
-            prompts.append(Prompt(text.lstrip("\ufeff"), index, number))
+            prompts.append(Prompt(text, index, number))
         index += 1
     if not prompts:
         why = f"; {len(bad)} bad line(s), the first: line {bad[0].line}: {bad[0].reason}" if bad else ""
