@@ -60,21 +60,21 @@ def main() -> None:
     base = options.resolve(stages.spec.defaults, {}, 256)
     out = {"model": stages.spec.name, "per_prompt": args.per_prompt, "seed": args.seed, "options": asdict(base)}
     rng = np.random.default_rng(0)
-    for kind, ps in prompts().items():
-        caps = [p for p in ps for _ in range(args.per_prompt)]
-        res = {}
-        x, gens = decode(stages, caps, None, base, args.seed)
-        res["prior, 32 px"] = tally(images.to_pil(x), caps)
-        if args.upsample:
-            res["prior, 256 px"] = tally(images.to_pil(cascade.upsample_all(stages, x, base, gens)), caps)
-        renders = [world.render(world.scene_from_caption(c, rng), 256) for c in caps]
-        x, _ = decode(stages, caps, cascade.encode_images(stages, renders), base, args.seed)
-        res["true embedding, 32 px"] = tally(images.to_pil(x), caps)
-        for g in (1.0, 5.0):
-            x, _ = decode(stages, caps, None, replace(base, decoder_guidance=g), args.seed)
-            res[f"prior, decoder guidance {g:g}, 32 px"] = tally(images.to_pil(x), caps)
-        out[kind] = res
-        print(kind, json.dumps(res), flush=True)
+    kinds = {kind: [p for p in ps for _ in range(args.per_prompt)] for kind, ps in prompts().items()}
+    conditions = [("prior", None)] + [("true embedding", None)] + [("prior", g) for g in (1.0, 5.0)]
+    for name, g in conditions:  # the most telling first; each line printed as soon as it is measured
+        for kind, caps in kinds.items():
+            opts = base if g is None else replace(base, decoder_guidance=g)
+            embed = None
+            if name == "true embedding":
+                renders = [world.render(world.scene_from_caption(c, rng), 256) for c in caps]
+                embed = cascade.encode_images(stages, renders)
+            x, gens = decode(stages, caps, embed, opts, args.seed)
+            label = name + ("" if g is None else f", decoder guidance {g:g}") + ", 32 px"
+            out.setdefault(kind, {})[label] = tally(images.to_pil(x), caps)
+            if args.upsample and name == "prior" and g is None:
+                out[kind]["prior, 256 px"] = tally(images.to_pil(cascade.upsample_all(stages, x, base, gens)), caps)
+            print(kind, "|", label, json.dumps(out[kind][label]), flush=True)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(out, f, indent=2)

@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from unclip_cli.cli import interrupts
 from unclip_cli.errors import UnclipError
 from unclip_cli import options
 
@@ -29,13 +30,18 @@ app.add_typer(data_app, name="data")
 
 
 @contextlib.contextmanager
-def friendly_errors():
-    """Turn UnclipError into `error: ...` on stderr and exit status 1, with no traceback."""
+def friendly_errors(interruptible: bool = False):
+    """Turn UnclipError into `error: ...` on stderr and exit status 1, with no traceback. `interruptible`:
+    SIGINT/SIGTERM stop the verb cleanly (its one line, exit 130/143; see cli/interrupts.py)."""
     try:
-        yield
+        with interrupts.catching() if interruptible else contextlib.nullcontext():
+            yield
     except UnclipError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
+    except interrupts.Interrupted as e:
+        typer.echo(e.message, err=True)
+        raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise typer.Exit(130) from None
@@ -45,6 +51,10 @@ Json = Annotated[bool, typer.Option("--json", help="Print a JSON object (paths, 
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
 Size = Annotated[Optional[int], typer.Option(help="Output size: the decoder's own (64 for Karlo, 32 for shapes), 256 or "
                                                   "1024; default: the model's default size, else the largest it reaches.")]
+PromptsFile = Annotated[Optional[str], typer.Option("--prompts-file", help="Read prompts from this file, one a line "
+                        "('-': standard input); blank lines and # comments skipped; prompt k uses seeds seed+k*n...")]
+GuidelinesFile = Annotated[Optional[Path], typer.Option("--guidelines", help="Refuse prompts containing a word or phrase "
+                           "listed in this file (default: $UNCLIP_HOME/guidelines.txt if present, else off).")]
 # Options every image-making verb takes, before the sampling options: name -> (annotation, default).
 RUN_OPTIONS = {
     "model": (Annotated[Optional[str], typer.Option("--model", "-m", help="Model name from weights.toml, or a folder in "
@@ -58,6 +68,9 @@ RUN_OPTIONS = {
     "outdir": (Annotated[Path, typer.Option("--outdir", "-o", help="Folder for the PNGs (never overwrites).")],
                Path("outputs")),
     "json": (Json, False),
+    "batch_size": (Annotated[Optional[int], typer.Option("--batch-size", help="Images per chunk: each chunk goes "
+                   "through every stage and is written before the next starts (default: 1 for a big model on "
+                   "a CPU, else 4 on CUDA; 8 for small models).")], None),
     "no_metadata": (Annotated[bool, typer.Option("--no-metadata", help="Do not embed the parameters in the PNGs.")], False),
 }
 
@@ -96,19 +109,20 @@ def _run():
 
 @app.command()
 @with_options("prior", "decoder", "upsampler")
-def generate(prompt: Annotated[str, typer.Argument(help="What to draw.")], **kw):
+def generate(prompt: Annotated[Optional[str], typer.Argument(help="What to draw.")] = None,
+             prompts_file: PromptsFile = None, guidelines: GuidelinesFile = None, **kw):
     """Text to image: CLIP text -> prior -> decoder -> upsamplers -> PNG."""
-    with friendly_errors():
-        if not prompt.strip():
+    with friendly_errors(interruptible=True):
+        if prompt is not None and not prompt.strip():
             raise UnclipError("the prompt is empty")
-        _run().generate(prompt, _run().RunArgs.of(kw))
+        _run().generate(prompt, _run().RunArgs.of(kw | {"prompts_file": prompts_file, "guidelines": guidelines}))
 
 
 @app.command()
 @with_options("decoder", "upsampler")
 def vary(image: Annotated[Path, typer.Argument(help="The image to make variations of.")], **kw):
     """Variations of an image: its CLIP image embedding -> decoder -> upsamplers (no prior)."""
-    with friendly_errors():
+    with friendly_errors(interruptible=True):
         _run().vary(image, _run().RunArgs.of(kw))
 
 
@@ -116,16 +130,18 @@ def vary(image: Annotated[Path, typer.Argument(help="The image to make variation
 @with_options("prior", "decoder", "upsampler")
 def edit(
     image: Annotated[Path, typer.Argument(help="The image to edit.")],
-    prompt: Annotated[str, typer.Argument(help="What the masked area should show.")],
+    prompt: Annotated[Optional[str], typer.Argument(help="What the masked area should show.")] = None,
     mask: Annotated[Optional[Path], typer.Option(help="Mask image, same size: white = edit, black = keep. "
                                                       "Without it, the image's transparent pixels are edited.")] = None,
+    prompts_file: PromptsFile = None,
+    guidelines: GuidelinesFile = None,
     **kw,
 ):
     """Regenerate only the masked area of an image; every other pixel is kept exactly."""
-    with friendly_errors():
-        if not prompt.strip():
+    with friendly_errors(interruptible=True):
+        if prompt is not None and not prompt.strip():
             raise UnclipError("the prompt is empty")
-        _run().edit(image, mask, prompt, _run().RunArgs.of(kw))
+        _run().edit(image, mask, prompt, _run().RunArgs.of(kw | {"prompts_file": prompts_file, "guidelines": guidelines}))
 
 
 @app.command()
@@ -217,7 +233,7 @@ def eval_(
     **sampling,
 ):
     """Measure how well images match captions on the shapes world's held-out prompts."""
-    with friendly_errors():
+    with friendly_errors(interruptible=True):
         from unclip_cli.cli import evaluate
 
         evaluate.run(model, per_prompt, ablation, seed, size, sampling, device, out)

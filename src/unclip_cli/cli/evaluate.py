@@ -5,10 +5,11 @@ from pathlib import Path
 
 import torch
 
+from unclip_cli.cli import interrupts
 from unclip_cli.cli.run import StageProgress, pick_device, quiet
 from unclip_cli.errors import UnclipError
 from unclip_cli import options
-from unclip_cli.pipeline import stages as stages_mod
+from unclip_cli.pipeline import images, stages as stages_mod
 from unclip_cli.shapes import evaluate as ev
 
 
@@ -21,14 +22,18 @@ def run(model, per_prompt: int, ablation: bool, seed: int, size: int | None, sam
     opts = options.resolve(stages.spec.defaults, sampling, size)
     modes = ("caption", "text_embed", "prior") if ablation else ("prior",)
     progress = StageProgress(quiet())
-    with progress.progress:
-        results = ev.evaluate(stages, opts, per_prompt=per_prompt, seed=seed, modes=modes, report=progress)
+    try:
+        with progress.progress:
+            results = ev.evaluate(stages, opts, per_prompt=per_prompt, seed=seed, modes=modes, report=progress)
+    except interrupts.Interrupted as e:
+        e.message = "interrupted: no results written (unclip eval writes its table at the end)"
+        raise
     results = {"model": stages.spec.name, "per_prompt": per_prompt, "seed": seed, "size": size,
                "options": {o.name: getattr(opts, o.name) for o in options.SAMPLING}, "modes": results}
     print_eval(results)
     if out:
-        Path(out).write_text(json.dumps(results, indent=2))
-        Path(out).with_suffix(".md").write_text(eval_markdown(results))
+        images.replace_file(Path(out), json.dumps(results, indent=2).encode())
+        images.replace_file(Path(out).with_suffix(".md"), eval_markdown(results).encode())
     return results
 
 

@@ -2,8 +2,10 @@
 run the cascade and write the PNGs. The one layer between `app.py` and the pipeline.
 """
 
+import json
 import os
 import secrets
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -15,6 +17,7 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from unclip_cli.cli import batches, interrupts, prompts as prompts_mod
 from unclip_cli.errors import UnclipError
 from unclip_cli import options
 from unclip_cli.pipeline import cascade, images, stages as stages_mod
@@ -40,6 +43,9 @@ class RunArgs:
     json: bool = False
     metadata: bool = True
     sampling: dict = field(default_factory=dict)
+    batch_size: int | None = None  # images per chunk (None: batches.default_batch_size)
+    prompts_file: str | None = None  # a path, or "-" for standard input
+    guidelines: Path | None = None
 
     @classmethod
     def of(cls, kw: dict) -> "RunArgs":
@@ -79,14 +85,16 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
-def validate(args: RunArgs) -> None:
+def validate(args: RunArgs, prompts: int = 1) -> None:
     if args.num_images < 1:
         raise UnclipError(f"--num-images must be at least 1, got {args.num_images}")
     if args.num_images > MAX_IMAGES:
         raise UnclipError(f"--num-images must be at most {MAX_IMAGES}, got {args.num_images}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UnclipError(f"--batch-size must be at least 1, got {args.batch_size}")
     if problem := options.first_problem(args.sampling):
         raise UnclipError(problem)
-    if args.seed is not None and not 0 <= args.seed < 2**63 - args.num_images:
+    if args.seed is not None and not 0 <= args.seed < 2**63 - args.num_images * prompts:
         raise UnclipError(f"--seed must be a non-negative integer below 2**63, got {args.seed}")
 
 
@@ -125,15 +133,16 @@ def quiet() -> bool:
     return bool(os.environ.get("UNCLIP_QUIET"))
 
 
-def prepare(args: RunArgs):
-    """Everything that can fail on bad input, before any sampling: returns (stages, opts, seeds)."""
-    validate(args)
+def prepare(args: RunArgs, prompts: int = 1):
+    """Everything that can fail on bad input, before any sampling: returns (stages, opts, seeds), with
+    `num_images` seeds per prompt: prompt k's images use seeds seed + k*n ... seed + k*n + n-1."""
+    validate(args, prompts)
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
     images.check_outdir(args.outdir)
     stages, size = stages_mod.open_model(args.model, device, dtype, args.size, keep_loaded=False)
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
-    seeds = [seed + i for i in range(args.num_images)]
+    seeds = [seed + i for i in range(args.num_images * prompts)]
     return stages, options.resolve(stages.spec.defaults, args.sampling, size), seeds
 
 
@@ -154,44 +163,139 @@ def warn_truncated(stages, prompt: str) -> None:
                   highlight=False, soft_wrap=True)  # one line, however long
 
 
+# Prompts -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """A run's prompts, and those set aside before any model loads (bad lines, refused by the guidelines)."""
+
+    prompts: list  # [prompts_mod.Prompt]
+    skipped: list  # [prompts_mod.Skipped]
+    source: str | None = None  # the prompts file (None: one prompt on the command line)
+    guidelines: prompts_mod.Guidelines | None = None
+    refused: list = field(default_factory=list)  # [{"prompt", "term"(, "line")}]
+
+    def jobs(self, seeds: list[int], n: int) -> list[batches.Job]:
+        """n images per prompt; prompt k (counting every prompt of the file, bad ones too) uses seeds[k*n:(k+1)*n]."""
+        return [batches.Job(p.text, seeds[p.index * n + i], p.line) for p in self.prompts for i in range(n)]
+
+    def count(self) -> int:
+        return max(p.index for p in self.prompts) + 1
+
+    def to_json(self) -> dict:
+        out = {}
+        if self.source is not None:
+            out.update(prompts_file=self.source, skipped=[{"line": s.line, "reason": s.reason} for s in self.skipped])
+        if self.guidelines is not None:
+            out["guidelines"] = {"file": self.guidelines.source, "refused": self.refused,
+                                 "allowed": [p.text for p in self.prompts]}
+        return out
+
+
+def plan_prompts(prompt: str | None, args: RunArgs) -> Plan:
+    """The prompt or the prompts file's lines, checked against the guidelines; bad lines reported."""
+    if (prompt is None) == (args.prompts_file is None):
+        raise UnclipError("give a prompt or --prompts-file, not both" if prompt else "no prompt: give one, or --prompts-file FILE")
+    if args.prompts_file is not None:
+        found, skipped, source = prompts_mod.read_prompts_file(args.prompts_file)
+    else:
+        found, skipped, source = [prompts_mod.Prompt(prompt, 0)], [], None
+    plan = Plan([], list(skipped), source, prompts_mod.find_guidelines(args.guidelines))
+    for p in found:
+        term = plan.guidelines.match(p.text) if plan.guidelines else None
+        if term is None:
+            plan.prompts.append(p)
+            continue
+        plan.refused.append({"prompt": p.text, "term": term} | ({"line": p.line} if p.line else {}))
+        why = f"refused by the guidelines in {plan.guidelines.source} (it contains '{term}')"
+        plan.skipped.append(prompts_mod.Skipped(p.line, why))
+    plan.skipped.sort(key=lambda s: s.line or 0)
+    if not plan.prompts:
+        if args.json:
+            sys.stdout.write(json.dumps({"images": [], **plan.to_json()}) + "\n")
+        if source is None:
+            raise UnclipError(f"the prompt is {plan.skipped[0].reason}")
+        raise UnclipError(f"no prompt of {source} is left to run: {len(plan.skipped)} line(s) skipped, "
+                          f"the first: line {plan.skipped[0].line}: {plan.skipped[0].reason}")
+    for s in plan.skipped:
+        sys.stderr.write(f"error: {source} line {s.line}: {s.reason}; skipped (the other prompts run)\n")
+    return plan
+
+
 # Verbs ---------------------------------------------------------------------------------------
 
 
-def generate(prompt: str, args: RunArgs) -> list[Path]:
-    stages, opts, seeds = prepare(args)
-    warn_truncated(stages, prompt)
-    progress = StageProgress(quiet())
-    with progress.progress:
-        x = cascade.generate(stages, [prompt], opts, generators(seeds), progress, one_by_one=True)
-    return write_outputs(images.to_pil(x), seeds, args, stages, opts, "generate", prompt, progress.timings)
+def generate(prompt: str | None, args: RunArgs) -> list[Path]:
+    plan = plan_prompts(prompt, args)
+    stages, opts, seeds = prepare(args, plan.count())
+    for p in plan.prompts:
+        warn_truncated(stages, p.text)
+
+    def make(chunk, progress):
+        x = cascade.generate(stages, [j.prompt for j in chunk], opts, generators([j.seed for j in chunk]),
+                             progress, one_by_one=True)
+        return images.to_pil(x)
+
+    return run_jobs(plan.jobs(seeds, args.num_images), make, args, stages, opts, "generate", plan)
 
 
 def vary(image_path: Path, args: RunArgs) -> list[Path]:
     image = images.load_image(image_path)
     stages, opts, seeds = prepare(args)
-    progress = StageProgress(quiet())
-    with progress.progress:
-        x = cascade.vary(stages, [image], opts, generators(seeds), progress, one_by_one=True)
-    return write_outputs(images.to_pil(x), seeds, args, stages, opts, "vary", "", progress.timings,
-                         {"source": str(image_path)})
+
+    def make(chunk, progress):
+        x = cascade.vary(stages, [image], opts, generators([j.seed for j in chunk]), progress, one_by_one=True)
+        return images.to_pil(x)
+
+    jobs = [batches.Job("", s) for s in seeds]
+    return run_jobs(jobs, make, args, stages, opts, "vary", extra={"source": str(image_path)})
 
 
-def edit(image_path: Path, mask_path: Path | None, prompt: str, args: RunArgs) -> list[Path]:
+def edit(image_path: Path, mask_path: Path | None, prompt: str | None, args: RunArgs) -> list[Path]:
+    plan = plan_prompts(prompt, args)
     image = images.load_image(image_path)
     mask_image = images.load_image(mask_path, "mask") if mask_path is not None else None
     edit_mask = images.edit_mask(image, mask_image, str(mask_path) if mask_path else None)  # [H, W] bool
-    stages, opts, seeds = prepare(args)
-    warn_truncated(stages, prompt)
+    stages, opts, seeds = prepare(args, plan.count())
+    for p in plan.prompts:
+        warn_truncated(stages, p.text)
     S = opts.size
     x = images.to_tensor(image, S)[None]
     m = Image.fromarray(edit_mask.astype(np.uint8) * 255).resize((S, S), Image.BOX)
     m = torch.from_numpy(np.asarray(m) > 0)[None, None]
+
+    def make(chunk, progress):
+        out = cascade.edit(stages, x, m, [j.prompt for j in chunk], opts, generators([j.seed for j in chunk]),
+                           progress, one_by_one=True)
+        return [images.composite(image, g, edit_mask) for g in images.to_pil(out)]
+
+    extra = {"source": str(image_path), "mask": str(mask_path) if mask_path else "alpha"}
+    return run_jobs(plan.jobs(seeds, args.num_images), make, args, stages, opts, "edit", plan, extra)
+
+
+def run_jobs(jobs, make, args: RunArgs, stages, opts, mode: str, plan: Plan | None = None, extra=None) -> list[Path]:
+    """Make the images chunk by chunk (make(chunk, progress) -> PIL images), writing each chunk's PNGs as it
+    finishes; print their paths (or, at the end or on an interruption, the JSON). Raises if lines were skipped."""
     progress = StageProgress(quiet())
-    with progress.progress:
-        out = cascade.edit(stages, x, m, [prompt], opts, generators(seeds), progress, one_by_one=True)
-    results = [images.composite(image, g, edit_mask) for g in images.to_pil(out)]
-    return write_outputs(results, seeds, args, stages, opts, "edit", prompt, progress.timings,
-                         {"source": str(image_path), "mask": str(mask_path) if mask_path else "alpha"})
+    written = batches.Written(args.outdir)
+    batch = args.batch_size or batches.default_batch_size(stages.paths, stages.device)
+    result = (written, stages, opts, progress, batch, plan)
+    try:
+        with progress.progress:
+            batches.run(jobs, lambda chunk: make(chunk, progress), _saver(args, stages, opts, mode, extra),
+                        batch, written, stages)
+    except interrupts.Interrupted as e:
+        if args.json:
+            _print_json(*result, stopped=e)
+        raise
+    if args.json:
+        _print_json(*result)
+    if plan and plan.skipped:
+        lines = ", ".join(str(s.line) for s in plan.skipped)
+        raise UnclipError(f"{len(plan.skipped)} line(s) of {plan.source} skipped (line {lines}); "
+                          f"the other prompts: {written.summary()}")
+    return [Path(r["path"]) for r in written.records]
 
 
 # Output --------------------------------------------------------------------------------------
@@ -214,20 +318,29 @@ def _params(mode: str, prompt: str, seed: int, im, stages, opts, hashes: dict, e
     return {k: v for k, v in params.items() if v is not None}
 
 
-def write_outputs(pils, seeds, args: RunArgs, stages, opts, mode: str, prompt: str, timings: dict, extra=None):
-    hashes = {s: stages.spec.stages[s].sha256 for s in stages.paths}
-    paths = []
-    for im, seed in zip(pils, seeds):
-        params = _params(mode, prompt, seed, im, stages, opts, hashes, extra)
-        data = images.png_bytes(im, params if args.metadata else None)
-        paths.append(images.save_new(args.outdir, f"{seed}-{images.slug(prompt or mode)}", data))
-    if args.json:
-        import json
+def _print_json(written, stages, opts, progress, batch: int, plan, stopped=None) -> None:
+    out = {"model": stages.spec.name, "images": written.records, "timings": progress.timings,
+           "files": _hashes(stages), "size": opts.size, "batch_size": batch, **(plan.to_json() if plan else {})}
+    if stopped is not None:
+        out["interrupted"] = signal.Signals(stopped.signum).name
+    sys.stdout.write(json.dumps(out) + "\n")
 
-        out = {"model": stages.spec.name, "images": [{"path": str(p), "seed": s} for p, s in zip(paths, seeds)],
-               "timings": timings, "files": hashes, "size": opts.size}
-        sys.stdout.write(json.dumps(out) + "\n")
-    else:
-        for p in paths:
-            sys.stdout.write(f"{p}\n")
-    return paths
+
+def _hashes(stages) -> dict:
+    return {s: stages.spec.stages[s].sha256 for s in stages.paths}
+
+
+def _saver(args: RunArgs, stages, opts, mode: str, extra):
+    """save(image, job) -> path: one PNG with its parameters; its path on stdout at once (unless --json)."""
+    hashes = _hashes(stages)
+
+    def save(im, job: batches.Job) -> Path:
+        params = _params(mode, job.prompt, job.seed, im, stages, opts, hashes, extra)
+        data = images.png_bytes(im, params if args.metadata else None)
+        path = images.save_new(args.outdir, f"{job.seed}-{images.slug(job.prompt or mode)}", data)
+        if not args.json:
+            sys.stdout.write(f"{path}\n")
+            sys.stdout.flush()
+        return path
+
+    return save

@@ -183,20 +183,36 @@ def upsample_all(stages: Stages, x64, opts: Options, gens, report: Report = _noo
     return x
 
 
+def _text_rows(stages: Stages, prompts: list[str], one_by_one: bool):
+    """(text(i), uncond(i)): the CLIP text encodings a stage call over rows i conditions on.
+
+    Batched, or one by one with a single prompt: one encoding for all. One by one with a prompt per
+    generator: each distinct prompt is encoded alone, as a batch of one, so its images are
+    bit-identical to a run of that prompt alone.
+    """
+    if not one_by_one or len(prompts) == 1:
+        text, _ = encode_text(stages, prompts)
+        uncond, _ = encode_text(stages, [""] * len(prompts))
+        return (lambda i: text), (lambda i: uncond)
+    encodings = {p: encode_text(stages, [p])[0] for p in dict.fromkeys(prompts)}
+    uncond, _ = encode_text(stages, [""])
+    return (lambda i: encodings[prompts[i.start]]), (lambda i: uncond)
+
+
 # Verbs ------------------------------------------------------------------------------------
 # Each verb takes one generator per image. Batched (default): prompts/images give one row per image.
-# one_by_one=True: one prompt or image, and every generator makes its own image (see _looper).
+# one_by_one=True: one image (or one prompt, or one prompt per generator), and every generator makes
+# its own image (see _looper).
 
 
 def generate(stages: Stages, prompts: list[str], opts: Options, gens, report: Report = _noop, *,
              one_by_one: bool = False):
     """Images [B, 3, size, size] for prompts (one per generator)."""
-    text, _ = encode_text(stages, prompts)
-    uncond, _ = encode_text(stages, [""] * len(prompts))
+    text, uncond = _text_rows(stages, prompts, one_by_one)
     stages.release("clip")
     loop = _looper(stages, gens, one_by_one)
-    image_embed = loop(lambda i, g: prior_stage(stages, text, uncond, opts, g, report))
-    x = loop(lambda i, g: decoder_stage(stages, image_embed[i], text, uncond, opts, g, report))
+    image_embed = loop(lambda i, g: prior_stage(stages, text(i), uncond(i), opts, g, report))
+    x = loop(lambda i, g: decoder_stage(stages, image_embed[i], text(i), uncond(i), opts, g, report))
     return upsample_all(stages, x, opts, gens, report, loop=loop)
 
 
@@ -225,11 +241,10 @@ def edit(stages: Stages, image: torch.Tensor, edit_mask: torch.Tensor, prompts: 
         m = F.max_pool2d(edit_mask.float(), f) if f > 1 else edit_mask.float()
         return img, ~(m > 0)
 
-    text, _ = encode_text(stages, prompts)
-    uncond, _ = encode_text(stages, [""] * len(prompts))
+    text, uncond = _text_rows(stages, prompts, one_by_one)
     stages.release("clip")
     loop = _looper(stages, gens, one_by_one)
-    image_embed = loop(lambda i, g: prior_stage(stages, text, uncond, opts, g, report))
+    image_embed = loop(lambda i, g: prior_stage(stages, text(i), uncond(i), opts, g, report))
     known = known_at(stages.decoder_size())
-    x = loop(lambda i, g: decoder_stage(stages, image_embed[i], text, uncond, opts, g, report, known))
+    x = loop(lambda i, g: decoder_stage(stages, image_embed[i], text(i), uncond(i), opts, g, report, known))
     return upsample_all(stages, x, opts, gens, report, known_at, loop=loop)

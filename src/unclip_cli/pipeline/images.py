@@ -1,9 +1,15 @@
 """Images on disk: reading inputs and masks, tensor <-> PIL, and PNGs that carry their parameters.
 
-Output files are never overwritten: each PNG is written to a temporary file and hard-linked to a
-fresh name (`NNNNN-SEED-slug.png`), which fails instead of replacing an existing file.
+Output files are never overwritten, and never seen half-written: each PNG is written to a
+temporary file in the output folder (a name unique to the process), flushed to disk (fsync), then
+hard-linked to a fresh name (`NNNNN-SEED-slug.png`; a link fails instead of replacing an existing
+file, so two processes writing into one folder never clobber each other) and the temporary name
+removed, whatever happens.
 """
 
+import contextlib
+import errno
+import itertools
 import json
 import os
 import re
@@ -176,13 +182,15 @@ def slug(text: str, limit: int = 40) -> str:
 
 def check_outdir(outdir: Path) -> Path:
     """Create the output folder if needed and prove it is writable, before any work is done."""
+    probe = outdir / f".unclip-probe-{os.getpid()}"
     try:
         outdir.mkdir(parents=True, exist_ok=True)
-        probe = outdir / f".unclip-probe-{os.getpid()}"
         probe.write_bytes(b"")
-        probe.unlink()
     except OSError as e:
         raise UnclipError(f"output folder {outdir} is not writable ({e.strerror or e})") from None
+    finally:
+        with contextlib.suppress(OSError):  # nothing to remove when the folder could not be made
+            probe.unlink(missing_ok=True)
     return outdir
 
 
@@ -191,21 +199,80 @@ def next_index(outdir: Path) -> int:
     return max(nums, default=-1) + 1
 
 
-def save_new(outdir: Path, stem: str, data: bytes, suffix: str = ".png") -> Path:
-    """Write data under a fresh `NNNNN-stem.png` name in outdir; never replaces an existing file."""
-    tmp = outdir / f".unclip-tmp-{os.getpid()}-{stem}"
-    tmp.write_bytes(data)
+_tmp_numbers = itertools.count()
+
+
+def write_error(folder: Path, e: OSError) -> UnclipError:
+    """The one-line error for a failed write into `folder` (full disk, quota, read-only, ...)."""
+    if e.errno == errno.ENOSPC:
+        return UnclipError(f"no space left on device writing to {folder}")
+    if e.errno == errno.EDQUOT:
+        return UnclipError(f"disk quota exceeded writing to {folder}")
+    return UnclipError(f"cannot write to {folder} ({e.strerror or e})")
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    """Create `path` (it must not exist) with `data`, flushed to the disk before returning."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a new name in `folder` durable; best effort (not every file system can fsync a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_new(outdir: Path, stem: str, data: bytes, suffix: str = ".png") -> Path:
+    """Write data under a fresh `NNNNN-stem.png` name in outdir, atomically; never replaces an existing
+    file. A failed write (full disk: `write_error`) leaves no file behind."""
+    tmp = outdir / f".unclip-tmp-{os.getpid()}-{next(_tmp_numbers)}-{stem}"
+    try:
+        _write_synced(tmp, data)
         index = next_index(outdir)
         while True:
             path = outdir / f"{index:05d}-{stem}{suffix}"
             try:
                 os.link(tmp, path)
-                return path
+                break
             except FileExistsError:
                 index += 1
+    except OSError as e:
+        raise write_error(outdir, e) from None
     finally:
         tmp.unlink(missing_ok=True)
+    _sync_folder(outdir)
+    return path
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """Write `path` atomically (a temporary name beside it, fsync, rename over it): readers see the old
+    file or the new one, never a part; a failed write leaves no temporary file."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    tmp = folder / f".unclip-tmp-{os.getpid()}-{next(_tmp_numbers)}-{path.name}"
+    try:
+        _write_synced(tmp, data)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise write_error(folder, e) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    _sync_folder(folder)
 
 
 def read_params(path: str | Path) -> tuple[dict | None, str | None]:

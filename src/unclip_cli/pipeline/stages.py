@@ -34,6 +34,7 @@ class Stages:
         self._diffusion: dict[str, DiffusionSpec] = {}
         self.tokenizer: clip.Tokenizer | None = None
         self._deferred: set[str] | None = None  # releases put off by holding()
+        self.active: str | None = None  # the stage last asked for (named if it runs out of memory)
 
     def has(self, stage: str) -> bool:
         return stage in self.paths
@@ -58,6 +59,7 @@ class Stages:
     def get(self, stage: str):
         if stage not in self.paths:
             raise UnclipError(f"model '{self.spec.name}' has no {stage} stage")
+        self.active = stage
         if stage not in self._loaded and self.spec.format == "diffusers":
             path, cfg = self.paths[stage], self.config_paths.get(stage)
             if stage == "clip" and self.has("clip_vision"):  # text_encoder + image_encoder: one CLIP
