@@ -18,8 +18,8 @@ def test_eval_ablation_writes_json_and_markdown(home, tmp_path):
     assert set(res["modes"]) == {"caption", "text_embed", "prior"}
     assert res["size"] == 64 and res["per_prompt"] == 2
     for mode in res["modes"].values():
-        assert mode["images"] == 2 * 24
-        assert mode["all_prompts"]["overall"]["n"] == 48
+        assert mode["images"] == 2 * 30
+        assert mode["all_prompts"]["overall"]["n"] == 60
         assert 0.0 <= mode["diversity"] and -1.0 <= mode["clip_score"] <= 1.0
     md = out.with_suffix(".md").read_text().splitlines()
     assert md[0].startswith("| conditioning") and len(md) == 2 + 3 * 2
@@ -41,3 +41,26 @@ def test_data_shapes_writes_pairs_and_refuses_to_overwrite(tmp_path):
     r = runner.invoke(app, ["data", "shapes", "--count", "5", "--out", str(out), "--seed", "2"])
     assert r.exit_code == 1 and "error:" in r.stderr and "Traceback" not in r.output
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_eval_on_a_prompts_file(home, tmp_path):
+    f = tmp_path / "prompts.txt"
+    f.write_text("# my own prompts\na red circle\n\na blue square above a green triangle\n")
+    out = tmp_path / "eval.json"
+    r = runner.invoke(app, ["eval", "--per-prompt", "2", "--prior-steps", "2", "--decoder-steps", "2",
+                            "--prompts", str(f), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    res = json.loads(out.read_text())
+    assert res["prompts"] == str(f) and res["modes"]["prior"]["images"] == 4
+    split = res["modes"]["prior"]["all_prompts"]
+    assert split["one_object"]["n"] == 2 and split["two_objects"]["n"] == 2
+
+
+def test_eval_refuses_a_prompt_outside_the_shapes_world(home, tmp_path):
+    f = tmp_path / "prompts.txt"
+    f.write_text("a red circle\na hedgehog using a calculator\n")
+    r = runner.invoke(app, ["eval", "--prompts", str(f), "--out", str(tmp_path / "e.json")])
+    assert r.exit_code == 1 and "line 2" in r.stderr and "hedgehog" in r.stderr and "Traceback" not in r.output
+    assert not (tmp_path / "e.json").exists()
+    r = runner.invoke(app, ["eval", "--per-prompt", "0"])
+    assert r.exit_code == 1 and "--per-prompt" in r.stderr

@@ -230,13 +230,15 @@ def eval_(
     size: Annotated[Optional[int], typer.Option(help="Judge images at this size (default: the decoder's own, fastest).")] = None,
     device: Device = "auto",
     out: Annotated[Optional[Path], typer.Option(help="Also write the results as JSON here.")] = None,
+    prompts: Annotated[Optional[Path], typer.Option(
+        help="Judge these prompts instead (shapes-world captions, one a line, # comments).")] = None,
     **sampling,
 ):
     """Measure how well images match captions on the shapes world's held-out prompts."""
     with friendly_errors(interruptible=True):
         from unclip_cli.cli import evaluate
 
-        evaluate.run(model, per_prompt, ablation, seed, size, sampling, device, out)
+        evaluate.run(model, per_prompt, ablation, seed, size, sampling, device, out, prompts)
 
 
 def main() -> None:

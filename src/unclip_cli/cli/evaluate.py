@@ -13,9 +13,36 @@ from unclip_cli.pipeline import images, stages as stages_mod
 from unclip_cli.shapes import evaluate as ev
 
 
-def run(model, per_prompt: int, ablation: bool, seed: int, size: int | None, sampling: dict, device: str, out) -> dict:
+def read_prompts(path: Path) -> list[tuple[str, bool]]:
+    """(prompt, uses a held-out combination) for each line of a prompts file; a line outside the shapes
+    world's grammar is an error naming it."""
+    from unclip_cli.shapes import world
+
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UnclipError(f"--prompts {path}: cannot read it ({e})") from None
+    out = []
+    for n, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        try:
+            out.append((text, world.uses_heldout(text)))
+        except ValueError as e:
+            raise UnclipError(f"--prompts {path} line {n}: {e}") from None
+    if not out:
+        raise UnclipError(f"--prompts {path}: no prompts in it")
+    return out
+
+
+def run(model, per_prompt: int, ablation: bool, seed: int, size: int | None, sampling: dict, device: str, out,
+        prompts_file: Path | None = None) -> dict:
     if problem := options.first_problem(sampling):
         raise UnclipError(problem)
+    if per_prompt < 1:
+        raise UnclipError(f"--per-prompt must be at least 1, got {per_prompt}")
+    prompts = read_prompts(prompts_file) if prompts_file else None
     dev = pick_device(device)
     stages, _ = stages_mod.open_model(model, dev, torch.float32, size, keep_loaded=True)
     size = size or stages.decoder_size()
@@ -24,12 +51,13 @@ def run(model, per_prompt: int, ablation: bool, seed: int, size: int | None, sam
     progress = StageProgress(quiet())
     try:
         with progress.progress:
-            results = ev.evaluate(stages, opts, per_prompt=per_prompt, seed=seed, modes=modes, report=progress)
+            results = ev.evaluate(stages, opts, per_prompt=per_prompt, seed=seed, modes=modes, prompts=prompts,
+                                  report=progress)
     except interrupts.Interrupted as e:
         e.message = "interrupted: no results written (unclip eval writes its table at the end)"
         raise
     results = {"model": stages.spec.name, "per_prompt": per_prompt, "seed": seed, "size": size,
-               "options": {o.name: getattr(opts, o.name) for o in options.SAMPLING}, "modes": results}
+               "prompts": str(prompts_file) if prompts_file else "held-out", "options": {o.name: getattr(opts, o.name) for o in options.SAMPLING}, "modes": results}
     print_eval(results)
     if out:
         images.replace_file(Path(out), json.dumps(results, indent=2).encode())

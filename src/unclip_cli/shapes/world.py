@@ -328,6 +328,13 @@ _HELDOUT_PROMPTS = (
     ("a large orange square", True),
     ("a small green circle", True),
     ("a large green circle", True),
+    # one object without a size word, as people type it (training captions of one object always name the size)
+    ("a purple triangle", True),
+    ("an orange square", True),
+    ("a green circle", True),
+    ("a red circle", False),
+    ("a blue square", False),
+    ("a yellow triangle", False),
     # held-out (color, shape) inside a two-object prompt
     ("a purple triangle above a blue square", True),
     ("a red circle to the left of an orange square", True),
@@ -353,7 +360,7 @@ _HELDOUT_PROMPTS = (
 
 
 def heldout_prompts() -> list[tuple[str, bool]]:
-    """The fixed evaluation prompts as (prompt, is_unseen); 16 unseen then 8 seen controls."""
+    """The fixed evaluation prompts as (prompt, is_unseen): 30, 19 of them unseen."""
     return list(_HELDOUT_PROMPTS)
 
 
