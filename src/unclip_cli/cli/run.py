@@ -9,15 +9,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from unclip_cli.errors import UnclipError
 from unclip_cli import options
-from unclip_cli.pipeline import cascade, images, stages as stages_mod
+from unclip_cli.diffusion import repaint
+from unclip_cli.pipeline import cascade, edit_region, images, stages as stages_mod
 
 err = Console(stderr=True)
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
@@ -46,6 +45,22 @@ class RunArgs:
         sampling = {k: kw.pop(k) for k in options.BY_NAME if k in kw}
         kw["metadata"] = not kw.pop("no_metadata", False)
         return cls(**kw, sampling=sampling)
+
+
+@dataclass
+class EditArgs:
+    """How `edit` treats its mask (pipeline/edit_region.py)."""
+
+    invert: bool = False
+    dilate: int = 0  # pixels of the decoder's grid
+    blur: int = 0  # image pixels of feathering outside the (dilated) mask
+
+    def check(self) -> None:
+        for flag, value in (("--mask-dilate", self.dilate), ("--mask-blur", self.blur)):
+            if value < 0:
+                raise UnclipError(f"{flag} must not be negative, got {value}")
+            if value > 256:
+                raise UnclipError(f"{flag} must be at most 256, got {value}")
 
 
 def pick_device(name: str) -> torch.device:
@@ -167,22 +182,28 @@ def vary(image_path: Path, args: RunArgs) -> list[Path]:
                          {"source": str(image_path)})
 
 
-def edit(image_path: Path, mask_path: Path | None, prompt: str, args: RunArgs) -> list[Path]:
+def edit(image_path: Path, mask_path: Path | None, prompt: str, args: RunArgs, region: EditArgs | None = None) -> list[Path]:
+    region = region or EditArgs()
+    region.check()
     image = images.load_image(image_path)
     mask_image = images.load_image(mask_path, "mask") if mask_path is not None else None
-    edit_mask = images.edit_mask(image, mask_image, str(mask_path) if mask_path else None)  # [H, W] bool
+    edit_mask = images.edit_mask(image, mask_image, str(mask_path) if mask_path else None, invert=region.invert)
     stages, opts, seeds = prepare(args)
+    if opts.resample > 1 and opts.sampler not in repaint.SUPPORTED:
+        raise UnclipError(f"--resample needs --sampler {' or '.join(repaint.SUPPORTED)}, not {opts.sampler}")
     warn_truncated(stages, prompt)
-    S = opts.size
-    x = images.to_tensor(image, S)[None]
-    m = Image.fromarray(edit_mask.astype(np.uint8) * 255).resize((S, S), Image.BOX)
-    m = torch.from_numpy(np.asarray(m) > 0)[None, None]
+    win = edit_region.plan(edit_mask, opts.size)
+    grown = edit_region.dilate(edit_mask, edit_region.dilation_radius(win, region.dilate, stages.decoder_size()))
+    x, m = edit_region.model_inputs(image, grown, win, opts.size)
     progress = StageProgress(quiet())
     with progress.progress:
         out = cascade.edit(stages, x, m, [prompt], opts, generators(seeds), progress, one_by_one=True)
-    results = [images.composite(image, g, edit_mask) for g in images.to_pil(out)]
-    return write_outputs(results, seeds, args, stages, opts, "edit", prompt, progress.timings,
-                         {"source": str(image_path), "mask": str(mask_path) if mask_path else "alpha"})
+    weights = edit_region.feather(grown, region.blur)
+    results = [edit_region.paste(image, g, win, weights) for g in images.to_pil(out)]
+    extra = {"source": str(image_path), "mask": str(mask_path) if mask_path else "alpha", "invert_mask": region.invert or None,
+             "mask_dilate": region.dilate, "mask_blur": region.blur, "resample": opts.resample,
+             "jump": opts.jump if opts.resample > 1 else None}
+    return write_outputs(results, seeds, args, stages, opts, "edit", prompt, progress.timings, extra)
 
 
 # Output --------------------------------------------------------------------------------------

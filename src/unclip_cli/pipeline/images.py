@@ -36,11 +36,12 @@ def load_image(path: str | Path, what: str = "image") -> Image.Image:
         raise UnclipError(f"{what} {path} is not a readable image ({e.__class__.__name__})") from None
 
 
-def edit_mask(image: Image.Image, mask: Image.Image | None, mask_path: str | None = None) -> np.ndarray:
+def edit_mask(image: Image.Image, mask: Image.Image | None, mask_path: str | None = None, *,
+              invert: bool = False) -> np.ndarray:
     """Boolean [H, W] array, True where the image is to be regenerated.
 
     With a mask image: white (luminance >= 128) = edit, black = keep. Without one: the transparent
-    pixels (alpha < 128) of an RGBA image, as in the DALL-E 2 edits API.
+    pixels (alpha < 128) of an RGBA image, as in the DALL-E 2 edits API. `invert`: the other way round.
     """
     if mask is not None:
         if mask.size != image.size:
@@ -57,6 +58,10 @@ def edit_mask(image: Image.Image, mask: Image.Image | None, mask_path: str | Non
             raise UnclipError("no --mask given and the image has no alpha channel: pass --mask (white = edit)")
         m = np.asarray(image.getchannel("A")) < 128
         where = "the image's alpha channel"
+    if invert:
+        m = ~m
+        if not m.any():
+            raise UnclipError(f"{where}, inverted (--invert-mask), marks nothing to edit (it is all white or transparent)")
     if not m.any():
         raise UnclipError(f"{where} marks nothing to edit (mask is empty: white or transparent = edit)")
     return m
@@ -147,13 +152,3 @@ def read_params(path: str | Path) -> tuple[dict | None, str | None]:
     raw = im.info.get(JSON_KEY)
     return (json.loads(raw) if raw else None), text
 
-
-def composite(original: Image.Image, generated: Image.Image, edit_mask: np.ndarray) -> Image.Image:
-    """The generated image, scaled to the original's size, inside the mask; the original elsewhere."""
-    mode = "RGBA" if "A" in original.getbands() else "RGB"
-    base = np.asarray(original.convert(mode)).copy()
-    gen = np.asarray(generated.resize(original.size, Image.BICUBIC).convert(mode))
-    base[edit_mask] = gen[edit_mask]
-    if mode == "RGBA":
-        base[edit_mask, 3] = 255
-    return Image.fromarray(base, mode)
