@@ -192,14 +192,10 @@ def edit(image_path: Path, mask_path: Path | None, prompt: str, args: RunArgs, r
     if opts.resample > 1 and opts.sampler not in repaint.SUPPORTED:
         raise UnclipError(f"--resample needs --sampler {' or '.join(repaint.SUPPORTED)}, not {opts.sampler}")
     warn_truncated(stages, prompt)
-    win = edit_region.plan(edit_mask, opts.size)
-    grown = edit_region.dilate(edit_mask, edit_region.dilation_radius(win, region.dilate, stages.decoder_size()))
-    x, m = edit_region.model_inputs(image, grown, win, opts.size)
     progress = StageProgress(quiet())
     with progress.progress:
-        out = cascade.edit(stages, x, m, [prompt], opts, generators(seeds), progress, one_by_one=True)
-    weights = edit_region.feather(grown, region.blur)
-    results = [edit_region.paste(image, g, win, weights) for g in images.to_pil(out)]
+        results = edit_region.edit(stages, image, edit_mask, prompt, opts, generators(seeds), progress,
+                                   dilate=region.dilate, blur=region.blur)
     extra = {"source": str(image_path), "mask": str(mask_path) if mask_path else "alpha", "invert_mask": region.invert or None,
              "mask_dilate": region.dilate, "mask_blur": region.blur, "resample": opts.resample,
              "jump": opts.jump if opts.resample > 1 else None}

@@ -13,8 +13,9 @@ copy of nearby objects, nor a constant frame the decoder never saw in training),
 it is free for the model and cropped away afterwards.
 
 Paste-back: every pixel of the (dilated) mask takes the model's pixel; with `blur` = PX, pixels up to
-PX (Chebyshev distance) outside it blend linearly from the model's to the input's; every pixel
-farther away is the input's, bit for bit.
+PX (Chebyshev distance) outside it blend linearly from the model's to the input's (the model redraws
+that ring too: it is part of the edit region it is given); every pixel farther away is the input's,
+bit for bit.
 """
 
 import math
@@ -24,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from unclip_cli.pipeline import cascade, images
 
 CONTEXT = 0.5  # margin on each side of the mask's box, as a fraction of its longer side
 
@@ -70,7 +73,7 @@ def cut(array: np.ndarray, win: Window) -> np.ndarray:
     return array[y:y + win.side, x:x + win.side]
 
 
-def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+def grow(mask: np.ndarray, radius: int) -> np.ndarray:
     """Grow a boolean mask by `radius` pixels (a square neighbourhood)."""
     if radius <= 0:
         return mask
@@ -130,3 +133,16 @@ def paste(original: Image.Image, generated: Image.Image, win: Window, weights: n
     region[part] = np.round(mix).clip(0, 255).astype(np.uint8)
     base[ys, xs] = region
     return Image.fromarray(base, mode)
+
+
+def edit(stages, image: Image.Image, mask: np.ndarray, prompt: str, opts, gens, report=cascade._noop, *,
+         dilate: int = 0, blur: int = 0) -> list[Image.Image]:
+    """Edit `image` (any size) where `mask` [H, W] is True: one result per generator, each the input's
+    size. `dilate`: grow the mask by that many decoder pixels; `blur`: feather width in image pixels."""
+    win = plan(mask, opts.size)
+    grown = grow(mask, dilation_radius(win, dilate, stages.decoder_size()))
+    # the model redraws the feathered ring too (else its pixels there would just be the input's again)
+    x, m = model_inputs(image, grow(grown, blur), win, opts.size)
+    out = cascade.edit(stages, x, m, [prompt], opts, gens, report, one_by_one=True)
+    weights = feather(grown, blur)
+    return [paste(image, g, win, weights) for g in images.to_pil(out)]
