@@ -342,3 +342,45 @@ def test_black_mask_and_inverted_white_mask_are_errors(home, tmp_path):
                  outdir=tmp_path / "o1")
     assert_error(invoke("edit", src, "a dog", "--mask", white, "--invert-mask", *FAST, "-o", tmp_path / "o2"),
                  "--invert-mask", "nothing to edit", outdir=tmp_path / "o2")
+
+
+def test_inpainting_decoder_fine_tunes_from_a_plain_one(tmp_path):
+    from test_train import TRAIN, unet_fields, write_toml
+    from unclip_cli.shapes import world
+    from unclip_cli.train import loop as train
+    from unclip_cli.weights import checkpoint
+
+    world.write_dataset(tmp_path / "data", 16, seed=3, size=64)
+    clip = tiny.make_stage(tmp_path / "clip.safetensors", "clip", tiny.CLIP, seed=1)
+    plain_cfg = dataclasses.replace(tiny.DECODER, sample_size=32)
+    plain = tiny.make_stage(tmp_path / "plain.safetensors", "unet", plain_cfg, seed=2, diffusion=tiny.DECODER_SPEC)
+    proj = tiny.make_stage(tmp_path / "proj.safetensors", "text_proj", tiny.TEXT_PROJ, seed=3)
+    cfg = write_toml(tmp_path / "inpaint.toml", {
+        "model": unet_fields(plain_cfg) | {"in_channels": 7},
+        "init": {"decoder": plain.name, "text_proj": proj.name},  # relative to the config's folder
+        "data": {"folder": "data", "clip": clip.name, "image_size": 32},
+        "train": TRAIN | {"steps": 2}})
+    out = train.run("decoder", cfg, tmp_path / "out")
+    unet, config = checkpoint.build(out / "decoder.safetensors", "decoder", expect_kind="unet")
+    assert config["in_channels"] == 7
+    start, _ = checkpoint.build(plain, "decoder")
+    w, w0 = unet.conv_in.weight.float(), start.conv_in.weight.float()
+    assert (w[:, :3] - w0).abs().max() < 0.05, "the image channels start from the plain decoder"
+    assert w[:, 3:].abs().max() > 0, "the known-image and mask channels have been trained"
+    assert (unet.conv_out.weight.float() - start.conv_out.weight.float()).abs().max() < 0.05
+
+
+def test_karlo_layout_edit_with_every_option(home, tmp_path):
+    """The same code on a Karlo-layout (diffusers) model: a 96x72 image, dilation, feathering, RePaint."""
+    import karlo_tiny
+
+    folder = tmp_path / "karlo"
+    karlo_tiny.write_folder(folder, seed=0)
+    src = picture(tmp_path / "s.png", 96, 72, seed=7)
+    mask, edit = mask_file(tmp_path / "m.png", 96, 72, (50, 10, 90, 60))
+    out = run_ok("edit", src, "a dog", "--mask", mask, "-m", folder, "--size", 64, "--seed", 3, *FAST,
+                 "--mask-dilate", 1, "--mask-blur", 2, "--resample", 2, "--jump", 1, "-o", tmp_path / "o")
+    before, after = pixels(src), pixels(out["images"][0]["path"])
+    near = edit_region.grow(edit, 2 + 2)  # 1 decoder pixel of 64 over a 96 px window = 2 image px, + 2 blur
+    assert after.shape == before.shape and np.array_equal(after[~near], before[~near])
+    assert not np.array_equal(after[edit], before[edit])
