@@ -72,6 +72,7 @@ def judged(out: Image.Image, src: Image.Image, old, new_prompt: str) -> dict:
     box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
     return {
         "new_right": len(right) == 1 and right[0]["color"] == new["color"] and right[0]["shape"] == new["shape"],
+        "new_present": any((o["color"], o["shape"]) == (new["color"], new["shape"]) for o in right),
         "new_color": any(o["color"] == new["color"] for o in right),
         "new_shape": any(o["shape"] == new["shape"] for o in right),
         "old_kept": len(left) == 1 and (left[0]["color"], left[0]["shape"]) == tuple(old)
@@ -96,7 +97,11 @@ def seam_profile(out: Image.Image, src: Image.Image, weights: np.ndarray) -> dic
     cols = range(c0 - BAND, c1 + BAND)
     level = [float(b[:, x][bg[:, x]].mean()) if bg[:, x].any() else float("nan") for x in cols]
     tex = [float(std[:, x][allbg[:, x]].mean()) if allbg[:, x].any() else float("nan") for x in cols]
-    return {"c0": c0, "c1": c1, "level": level, "texture": tex}
+    # the model drew an object right up to the fully pasted area's border while the first kept column
+    # shows background: the object ends at the border (the "objects cut flat along the mask border")
+    drawn = np.abs(b - 235).max(-1) >= 40
+    cut = bool((drawn[:, c1] & ~drawn[:, c0 - 1]).sum() >= 4)
+    return {"c0": c0, "c1": c1, "level": level, "texture": tex, "cut": cut}
 
 
 def summarize_seams(profiles: list[dict]) -> dict:
@@ -107,6 +112,7 @@ def summarize_seams(profiles: list[dict]) -> dict:
         "level_outside": round(float(level[:n_out].mean()), 2), "level_inside": round(float(level[-n_in:].mean()), 2),
         "texture_outside": round(float(tex[:n_out].mean()), 3), "texture_inside": round(float(tex[-n_in:].mean()), 3),
         "max_column_step": round(float(np.nanmax(np.abs(np.diff(level)))), 2),
+        "cut_at_border": round(float(np.mean([p["cut"] for p in profiles])), 3),
         "level_profile": [round(float(v), 2) for v in level], "texture_profile": [round(float(v), 3) for v in tex],
     }
 
@@ -158,15 +164,16 @@ def main() -> None:
                 grown = edit_region.grow(mask, edit_region.dilation_radius(win, dilate, stages.decoder_size()))
                 rows.append({"case": ci, "seed": s, **judged(out, src, old, prompt)})
                 profiles.append(seam_profile(out, src, edit_region.feather(grown, blur)))
-                if args.examples and s == 0:
+                if args.examples:  # every output, to look at (and re-measure) later
                     Path(args.examples).mkdir(parents=True, exist_ok=True)
-                    out.save(Path(args.examples) / f"{name}-case{ci}.png")
-                    src.save(Path(args.examples) / f"source-case{ci}.png")
+                    out.save(Path(args.examples) / f"{name}-case{ci}-seed{s}.png")
+                    src.save(Path(args.examples) / f"source-case{ci}-seed{s}.png")
         n = len(rows)
         results[name] = {
             "resample": resample, "jump": args.jump if resample > 1 else None, "mask_dilate": dilate, "mask_blur": blur,
             "model": model, "images": n, "seconds_per_image": round((time.perf_counter() - t0) / n, 2),
-            **{k: round(sum(r[k] for r in rows) / n, 3) for k in ("new_right", "new_color", "new_shape", "old_kept")},
+            **{k: round(sum(r[k] for r in rows) / n, 3) for k in ("new_right", "new_present", "new_color", "new_shape",
+                                                                  "old_kept")},
             "seam": summarize_seams(profiles), "rows": rows,
         }
         short = {k: v for k, v in results[name].items() if k not in ("rows", "seam")}
