@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from huggingface_hub import hf_hub_download
 
 from hubserver import fake_hub  # noqa: F401  (fixture)

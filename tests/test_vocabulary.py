@@ -1,7 +1,6 @@
 """A model's vocabulary travels in its CLIP file; prompts with words it never saw get one warning line."""
 
 import json
-import shutil
 
 import pytest
 from safetensors import safe_open

@@ -25,6 +25,9 @@ class Options:
     decoder_guidance: float = option(8.0, "Decoder classifier-free guidance scale (1 = none).", stage="decoder", low=0.0)
     sampler: str = option("ddpm", "ddpm (ancestral, as Karlo), ddim, or dpmpp_2m (DPM-Solver++(2M), deterministic).",
                           stage="all", choices=("ddpm", "ddim", "dpmpp_2m"))
+    resample: int = option(1, "Edits: RePaint resampling, each block of --jump steps sampled R times (R times the "
+                           "network evaluations; 1 = none).", stage="edit", low=1, high=100)
+    jump: int = option(5, "Edits: RePaint jump length in steps (with --resample > 1).", stage="edit", low=1, high=1000)
     size: int = 256  # output size, resolved per model by pipeline.stages.open_model (not a sampling option)
 
 

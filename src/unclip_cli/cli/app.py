@@ -127,21 +127,27 @@ def vary(image: Annotated[Path, typer.Argument(help="The image to make variation
 
 
 @app.command()
-@with_options("prior", "decoder", "upsampler")
+@with_options("prior", "decoder", "upsampler", "edit")
 def edit(
-    image: Annotated[Path, typer.Argument(help="The image to edit.")],
+    image: Annotated[Path, typer.Argument(help="The image to edit (any size; never stretched).")],
     prompt: Annotated[Optional[str], typer.Argument(help="What the masked area should show.")] = None,
     mask: Annotated[Optional[Path], typer.Option(help="Mask image, same size: white = edit, black = keep. "
                                                       "Without it, the image's transparent pixels are edited.")] = None,
+    invert_mask: Annotated[bool, typer.Option("--invert-mask", help="Edit the black (or opaque) pixels instead.")] = False,
+    mask_dilate: Annotated[int, typer.Option(help="Grow the mask by this many pixels of the decoder's grid.")] = 0,
+    mask_blur: Annotated[int, typer.Option(help="Feather the paste-back over this many pixels outside the (grown) "
+                                                "mask; pixels farther out stay exactly the input's.")] = 0,
     prompts_file: PromptsFile = None,
     guidelines: GuidelinesFile = None,
     **kw,
 ):
-    """Regenerate only the masked area of an image; every other pixel is kept exactly."""
+    """Regenerate only the masked area of an image; every pixel outside the (grown, feathered) mask is kept exactly."""
     with friendly_errors(interruptible=True):
         if prompt is not None and not prompt.strip():
             raise UnclipError("the prompt is empty")
-        _run().edit(image, mask, prompt, _run().RunArgs.of(kw | {"prompts_file": prompts_file, "guidelines": guidelines}))
+        run = _run()
+        region = run.EditArgs(invert=invert_mask, dilate=mask_dilate, blur=mask_blur)
+        run.edit(image, mask, prompt, run.RunArgs.of(kw | {"prompts_file": prompts_file, "guidelines": guidelines}), region)
 
 
 @app.command()

@@ -11,16 +11,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from unclip_cli.cli import batches, interrupts, prompts as prompts_mod
 from unclip_cli.errors import UnclipError
 from unclip_cli import options
-from unclip_cli.pipeline import cascade, images, stages as stages_mod
+from unclip_cli.diffusion import repaint
+from unclip_cli.pipeline import cascade, edit_region, images, stages as stages_mod
 from unclip_cli.weights import vocabulary
 
 err = Console(stderr=True)
@@ -54,6 +53,22 @@ class RunArgs:
         sampling = {k: kw.pop(k) for k in options.BY_NAME if k in kw}
         kw["metadata"] = not kw.pop("no_metadata", False)
         return cls(**kw, sampling=sampling)
+
+
+@dataclass
+class EditArgs:
+    """How `edit` treats its mask (pipeline/edit_region.py)."""
+
+    invert: bool = False
+    dilate: int = 0  # pixels of the decoder's grid
+    blur: int = 0  # image pixels of feathering outside the (dilated) mask
+
+    def check(self) -> None:
+        for flag, value in (("--mask-dilate", self.dilate), ("--mask-blur", self.blur)):
+            if value < 0:
+                raise UnclipError(f"{flag} must not be negative, got {value}")
+            if value > 256:
+                raise UnclipError(f"{flag} must be at most 256, got {value}")
 
 
 def pick_device(name: str) -> torch.device:
@@ -252,25 +267,27 @@ def vary(image_path: Path, args: RunArgs) -> list[Path]:
     return run_jobs(jobs, make, args, stages, opts, "vary", extra={"source": str(image_path)})
 
 
-def edit(image_path: Path, mask_path: Path | None, prompt: str | None, args: RunArgs) -> list[Path]:
+def edit(image_path: Path, mask_path: Path | None, prompt: str | None, args: RunArgs,
+         region: EditArgs | None = None) -> list[Path]:
+    region = region or EditArgs()
+    region.check()
     plan = plan_prompts(prompt, args)
     image = images.load_image(image_path)
     mask_image = images.load_image(mask_path, "mask") if mask_path is not None else None
-    edit_mask = images.edit_mask(image, mask_image, str(mask_path) if mask_path else None)  # [H, W] bool
+    edit_mask = images.edit_mask(image, mask_image, str(mask_path) if mask_path else None, invert=region.invert)
     stages, opts, seeds = prepare(args, plan.count())
+    if opts.resample > 1 and opts.sampler not in repaint.SUPPORTED:
+        raise UnclipError(f"--resample needs --sampler {' or '.join(repaint.SUPPORTED)}, not {opts.sampler}")
     for p in plan.prompts:
         warn_truncated(stages, p.text)
-    S = opts.size
-    x = images.to_tensor(image, S)[None]
-    m = Image.fromarray(edit_mask.astype(np.uint8) * 255).resize((S, S), Image.BOX)
-    m = torch.from_numpy(np.asarray(m) > 0)[None, None]
 
     def make(chunk, progress):
-        out = cascade.edit(stages, x, m, [j.prompt for j in chunk], opts, generators([j.seed for j in chunk]),
-                           progress, one_by_one=True)
-        return [images.composite(image, g, edit_mask) for g in images.to_pil(out)]
+        return edit_region.edit(stages, image, edit_mask, [j.prompt for j in chunk], opts,
+                                generators([j.seed for j in chunk]), progress, dilate=region.dilate, blur=region.blur)
 
-    extra = {"source": str(image_path), "mask": str(mask_path) if mask_path else "alpha"}
+    extra = {"source": str(image_path), "mask": str(mask_path) if mask_path else "alpha", "invert_mask": region.invert or None,
+             "mask_dilate": region.dilate, "mask_blur": region.blur, "resample": opts.resample,
+             "jump": opts.jump if opts.resample > 1 else None}
     return run_jobs(plan.jobs(seeds, args.num_images), make, args, stages, opts, "edit", plan, extra)
 
 

@@ -49,14 +49,16 @@ def ddpm(
     generators: Sequence[torch.Generator],
     callback: Callback = None,
     post_step: PostStep = None,
+    to: int | None = None,
 ) -> torch.Tensor:
     """Ancestral sampling (DDPM) over the respaced `timesteps` (descending, ending at 0).
 
     The noise scale is the posterior's ("fixed small") unless the denoiser returns learned-range
-    variance channels. No noise is added on the step that reaches t = 0 data.
+    variance channels. No noise is added on the step that reaches t = 0 data. `to`: the timestep
+    the last step lands on, when sampling only part of the way (default: the data).
     """
     for i, t in enumerate(timesteps):
-        prev = timesteps[i + 1] if i + 1 < len(timesteps) else t - 1
+        prev = timesteps[i + 1] if i + 1 < len(timesteps) else (t - 1 if to is None else to)
         pred = denoise(x, t)
         mean = D.posterior_mean(schedule, pred.x0, x, t, prev)
         if t > 0:
@@ -82,10 +84,11 @@ def ddim(
     callback: Callback = None,
     post_step: PostStep = None,
     eta: float = 0.0,
+    to: int = -1,
 ) -> torch.Tensor:
-    """DDIM (Song et al. 2020); eta = 0 is deterministic, eta = 1 resembles DDPM."""
+    """DDIM (Song et al. 2020); eta = 0 is deterministic, eta = 1 resembles DDPM. `to` as in ddpm."""
     for i, t in enumerate(timesteps):
-        prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+        prev = timesteps[i + 1] if i + 1 < len(timesteps) else to
         pred = denoise(x, t)
         eps = D.eps_from_x0(schedule, x, t, pred.x0)
         abar_t, abar_prev = schedule.alphas_cumprod[t], D.alpha_bar_at(schedule, prev)

@@ -44,6 +44,12 @@ class UNetConfig:
         return 4 * self.block_out_channels[0]
 
 
+def inpaint_inputs(cfg: UNetConfig, image_channels: int = 3) -> bool:
+    """Whether a decoder UNet was trained for inpainting, GLIDE-style: its input is
+    cat[x_t, known image * keep, keep] (2 * image_channels + 1 channels; keep = 1 where the pixel is known)."""
+    return cfg.in_channels == 2 * image_channels + 1
+
+
 class ResBlock(nn.Module):
     """GroupNorm-SiLU-conv residual block, optionally resampling (x2 nearest up / 2x2 avg-pool down)."""
 

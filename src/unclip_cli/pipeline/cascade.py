@@ -12,10 +12,11 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from unclip_cli.diffusion import gaussian, samplers
+from unclip_cli.diffusion import gaussian, repaint, samplers
 from unclip_cli.errors import UnclipError
 from unclip_cli.models import clip
 from unclip_cli.models.clip import TextEncoding
+from unclip_cli.models.unet import inpaint_inputs
 from unclip_cli.options import Options
 from unclip_cli.pipeline.stages import Stages
 
@@ -51,11 +52,19 @@ def encode_images(stages: Stages, images) -> torch.Tensor:
 
 def _sample(opts: Options, denoise: samplers.Denoiser, x, steps: int, gens, name: str, report: Report,
             post_step=None):
+    """Sample a stage; an edit (post_step given) resamples RePaint-style when opts.resample > 1."""
     timesteps = gaussian.respace(denoise.schedule.num_timesteps, steps)
-    report(name, 0, len(timesteps))
-    cb = lambda i, t, x: report(name, i + 1, len(timesteps))  # noqa: E731
+    resample = opts.resample if post_step is not None else 1
+    total = len(timesteps) * resample
+    report(name, 0, total)
+    cb = lambda i, t, x: report(name, i + 1, total)  # noqa: E731
     fn = samplers.SAMPLERS[opts.sampler]
+    if resample > 1 and opts.sampler not in repaint.SUPPORTED:
+        raise UnclipError(f"--resample needs --sampler {' or '.join(repaint.SUPPORTED)}, not {opts.sampler}")
     with torch.no_grad():
+        if resample > 1:
+            return repaint.repaint(fn, denoise, x, denoise.schedule, timesteps, generators=gens, resample=resample,
+                                   jump=opts.jump, callback=cb, post_step=post_step)
         return fn(denoise, x, denoise.schedule, timesteps, generators=gens, callback=cb, post_step=post_step)
 
 
@@ -86,21 +95,31 @@ def decoder_stage(
     stages: Stages, image_embed, text: TextEncoding, uncond: TextEncoding, opts: Options, gens,
     report: Report = _noop, known: tuple[torch.Tensor, torch.Tensor] | None = None,
 ):
-    """CLIP image embedding (+ text) -> 64x64 image in [-1, 1]. `known` = (image, keep mask) for edits."""
+    """CLIP image embedding (+ text) -> 64x64 image in [-1, 1]. `known` = (image, keep mask) for edits.
+
+    An inpainting decoder (GLIDE-style, `inpaint_inputs`) also gets cat[known image * keep, keep]
+    (all zeros without `known`: everything is to be drawn)."""
     text_proj, unet = stages.get("text_proj"), stages.get("decoder")
     spec = stages.diffusion("decoder")
     B, image_embed = image_embed.shape[0], image_embed.to(stages.dtype)
+    inpaint = inpaint_inputs(unet.cfg)
+    C, S = unet.cfg.in_channels - (4 if inpaint else 0), unet.cfg.sample_size
+    extra = _inpaint_channels(known, B, C, S, stages) if inpaint else None
+
+    def call(x, t):
+        if extra is not None:
+            x = torch.cat([x, extra.repeat(x.shape[0] // B, 1, 1, 1)], dim=1)
+        return unet(x, torch.tensor(t, device=x.device), emb=emb, context=ctx, context_mask=cmask)
+
     if opts.decoder_guidance == 1.0:
         emb, ctx, cmask = text_proj(image_embed, text.embed, text.tokens, text.mask)
-        net = lambda x, t: unet(x, torch.tensor(t, device=x.device), emb=emb, context=ctx, context_mask=cmask)  # noqa: E731
+        net = call
     else:
         both = TextEncoding.cat([uncond, text])
         images = torch.cat([text_proj.null_image_embed(B, image_embed.dtype), image_embed])
         emb, ctx, cmask = text_proj(images, both.embed, both.tokens, both.mask)
-        net2 = lambda x, t: unet(x, torch.tensor(t, device=x.device), emb=emb, context=ctx, context_mask=cmask)  # noqa: E731
-        net = samplers.guided(net2, opts.decoder_guidance, spec.guided_channels)
+        net = samplers.guided(call, opts.decoder_guidance, spec.guided_channels)
     denoise = samplers.Denoiser(net, spec, stages.dtype)
-    C, S = unet.cfg.in_channels, unet.cfg.sample_size
     x = samplers.randn((B, C, S, S), gens, stages.device, torch.float32)
     post = _keep_known(denoise.schedule, known, gens) if known is not None else None
     out = _sample(opts, denoise, x, opts.decoder_steps, gens, "decoder", report, post).clamp(-1, 1)
@@ -139,6 +158,15 @@ def upsample_stage(
     out = _sample(opts, denoise, x, opts.sr_steps, gens, name, report, post).clamp(-1, 1)
     stages.release(name, f"{name}_last")
     return out
+
+
+def _inpaint_channels(known, B: int, C: int, S: int, stages: Stages) -> torch.Tensor:
+    """An inpainting decoder's extra input [B, C + 1, S, S]: cat[known image * keep, keep]."""
+    if known is None:
+        return torch.zeros(B, C + 1, S, S, device=stages.device, dtype=stages.dtype)
+    image, keep = known
+    keep = keep.to(image.dtype).expand(B, 1, S, S)
+    return torch.cat([image.expand(B, C, S, S) * keep, keep], dim=1).to(stages.dtype)
 
 
 def _keep_known(schedule, known, gens):

@@ -110,11 +110,12 @@ def _eight_bit(im: Image.Image) -> Image.Image:
     return im.convert("RGBA" if "A" in im.getbands() else "RGB")  # CMYK, YCbCr, LAB, HSV, RGBX, RGBa, La
 
 
-def edit_mask(image: Image.Image, mask: Image.Image | None, mask_path: str | None = None) -> np.ndarray:
+def edit_mask(image: Image.Image, mask: Image.Image | None, mask_path: str | None = None, *,
+              invert: bool = False) -> np.ndarray:
     """Boolean [H, W] array, True where the image is to be regenerated.
 
     With a mask image: white (luminance >= 128) = edit, black = keep. Without one: the transparent
-    pixels (alpha < 128) of an RGBA image, as in the DALL-E 2 edits API.
+    pixels (alpha < 128) of an RGBA image, as in the DALL-E 2 edits API. `invert`: the other way round.
     """
     if mask is not None:
         if mask.size != image.size:
@@ -131,6 +132,10 @@ def edit_mask(image: Image.Image, mask: Image.Image | None, mask_path: str | Non
             raise UnclipError("no --mask given and the image has no alpha channel: pass --mask (white = edit)")
         m = np.asarray(image.getchannel("A")) < 128
         where = "the image's alpha channel"
+    if invert:
+        m = ~m
+        if not m.any():
+            raise UnclipError(f"{where}, inverted (--invert-mask), marks nothing to edit (it is all white or transparent)")
     if not m.any():
         raise UnclipError(f"{where} marks nothing to edit (mask is empty: white or transparent = edit)")
     return m
@@ -330,13 +335,3 @@ def printable(text: str) -> str:
     return "".join(c if c in "\n\t" or c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}"
                    for c in text)
 
-
-def composite(original: Image.Image, generated: Image.Image, edit_mask: np.ndarray) -> Image.Image:
-    """The generated image, scaled to the original's size, inside the mask; the original elsewhere."""
-    mode = "RGBA" if "A" in original.getbands() else "RGB"
-    base = np.asarray(original.convert(mode)).copy()
-    gen = np.asarray(generated.resize(original.size, Image.BICUBIC).convert(mode))
-    base[edit_mask] = gen[edit_mask]
-    if mode == "RGBA":
-        base[edit_mask, 3] = 255
-    return Image.fromarray(base, mode)

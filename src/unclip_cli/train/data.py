@@ -83,3 +83,27 @@ def degrade(low: torch.Tensor, kind: str, gen) -> torch.Tensor:
             out.append(torch.from_numpy(np.asarray(Image.open(buf)).copy()).permute(2, 0, 1))
         low = to_float(torch.stack(out))
     return low.clamp(-1, 1)
+
+
+def random_keep_masks(n: int, size: int, gen: torch.Generator, full: float = 0.1) -> torch.Tensor:
+    """Keep masks [n, 1, size, size] (1 = known pixel) for training an inpainting decoder, GLIDE-style:
+    a fraction `full` edits the whole image (plain generation), a quarter of the rest edits one half
+    (left/right/top/bottom), the others a random rectangle of 1/4 to 3/4 of each side."""
+    keep = torch.ones(n, 1, size, size)
+    kind = torch.rand(n, generator=gen)
+    sides = torch.randint(size // 4, 3 * size // 4 + 1, (n, 2), generator=gen)
+    corner = torch.rand(n, 2, generator=gen)
+    half = torch.randint(0, 4, (n,), generator=gen)
+    h2 = size // 2
+    for i in range(n):
+        if kind[i] < full:
+            keep[i] = 0
+        elif kind[i] < full + (1 - full) / 4:
+            sl = [(slice(None), slice(0, h2)), (slice(None), slice(h2, None)),
+                  (slice(0, h2), slice(None)), (slice(h2, None), slice(None))][int(half[i])]
+            keep[i, 0][sl] = 0
+        else:
+            h, w = int(sides[i, 0]), int(sides[i, 1])
+            y, x = int(corner[i, 0] * (size - h + 1)), int(corner[i, 1] * (size - w + 1))
+            keep[i, 0, y:y + h, x:x + w] = 0
+    return keep

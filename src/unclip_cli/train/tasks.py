@@ -21,10 +21,10 @@ from unclip_cli.models import clip
 from unclip_cli.diffusion import gaussian, losses
 from unclip_cli.diffusion.spec import DiffusionSpec
 from unclip_cli.errors import UnclipError
-from unclip_cli.train.data import degrade, load_images, to_float
+from unclip_cli.train.data import degrade, load_images, random_keep_masks, to_float
 from unclip_cli.models.prior import Prior, PriorConfig
 from unclip_cli.models.text_proj import TextProj, TextProjConfig
-from unclip_cli.models.unet import UNet, UNetConfig
+from unclip_cli.models.unet import UNet, UNetConfig, inpaint_inputs
 
 
 def diffusion_spec(raw: dict, *, prediction: str, variance: str = "fixed_small", clamp: float | None = 1.0,
@@ -202,11 +202,29 @@ class DecoderNet(nn.Module):
         super().__init__()
         self.unet, self.text_proj = UNet(unet_cfg), TextProj(proj_cfg)
 
-    def forward(self, x_t, t, image_embed, image_drop, text: clip.TextEncoding):
+    def forward(self, x_t, t, image_embed, image_drop, text: clip.TextEncoding, inpaint=None):
+        """inpaint: [B, 4, H, W] = cat[known image * keep, keep] for an inpainting decoder (GLIDE)."""
         null = self.text_proj.null_image_embed(len(x_t), x_t.dtype)
         image_embed = torch.where(image_drop[:, None], null, image_embed)
         emb, ctx, cmask = self.text_proj(image_embed, text.embed, text.tokens, text.mask)
-        return self.unet(x_t, t, emb=emb, context=ctx, context_mask=cmask)
+        x_in = x_t if inpaint is None else torch.cat([x_t, inpaint], dim=1)
+        return self.unet(x_in, t, emb=emb, context=ctx, context_mask=cmask)
+
+
+def _init_from(module: DecoderNet, init: dict, base: Path) -> None:
+    """[init] decoder / text_proj = stage files to start from (a fine-tune). A plain decoder's first
+    conv gets zero weights for an inpainting decoder's extra input channels, so training starts from
+    exactly the plain decoder's function."""
+    for prefix, key in (("unet.", "decoder"), ("text_proj.", "text_proj")):
+        if key not in init:
+            continue
+        own = {k[len(prefix):]: v for k, v in module.state_dict().items() if k.startswith(prefix)}
+        tensors = checkpoint.read_tensors(base / Path(init[key]).expanduser(), key, dtype=torch.float32)
+        w = tensors.get("conv_in.weight")
+        if w is not None and prefix == "unet." and w.shape[1] < own["conv_in.weight"].shape[1]:
+            extra = own["conv_in.weight"].shape[1] - w.shape[1]
+            tensors["conv_in.weight"] = torch.cat([w, w.new_zeros(w.shape[0], extra, *w.shape[2:])], dim=1)
+        getattr(module, prefix[:-1]).load_state_dict(tensors, strict=True)
 
 
 class DecoderTask(Task):
@@ -217,6 +235,9 @@ class DecoderTask(Task):
         self.proj_cfg = TextProjConfig(clip_embeddings_dim=self.data.embed_dim, cross_attention_dim=self.unet_cfg.context_dim,
                                        time_embed_dim=self.unet_cfg.time_dim, text_width=self.data.text_width)
         self.module = DecoderNet(self.unet_cfg, self.proj_cfg)
+        self.inpaint = inpaint_inputs(self.unet_cfg)
+        if "init" in raw:
+            _init_from(self.module, raw["init"], Path(raw.get("_base", ".")))
         drop = raw.get("dropout", {})
         self.image_drop, self.text_drop = drop.get("image", 0.1), drop.get("text", 0.5)
         self.spec = diffusion_spec(raw, prediction="epsilon", variance="learned_range", channels=3,
@@ -228,16 +249,21 @@ class DecoderTask(Task):
         idx = torch.randint(0, len(self.data.images), (n,), generator=gen)
         text_drop = torch.rand(n, generator=gen) < self.text_drop
         image_drop = torch.rand(n, generator=gen) < self.image_drop
-        return {"x0": to_float(self.data.images[idx]).to(self.device),
-                "image_embed": self.data.image_embeds[idx].to(self.device),
-                "image_drop": image_drop.to(self.device), "text": self.data.text_batch(idx, text_drop)}
+        out = {"x0": to_float(self.data.images[idx]).to(self.device),
+               "image_embed": self.data.image_embeds[idx].to(self.device),
+               "image_drop": image_drop.to(self.device), "text": self.data.text_batch(idx, text_drop)}
+        if self.inpaint:
+            out["keep"] = random_keep_masks(n, self.data.images.shape[-1], gen).to(self.device)
+        return out
 
     def loss(self, net, batch: dict, gen) -> dict:
         x0 = batch["x0"]
         t = _sample_t(len(x0), self.schedule.num_timesteps, gen).to(x0.device)
         noise = torch.randn(x0.shape, generator=gen).to(x0.device)
         x_t = gaussian.q_sample(self.schedule, x0, t, noise)
-        out = net(x_t, t, batch["image_embed"], batch["image_drop"], batch["text"])
+        keep = batch.get("keep")
+        inpaint = None if keep is None else torch.cat([x0 * keep, keep], dim=1)
+        out = net(x_t, t, batch["image_embed"], batch["image_drop"], batch["text"], inpaint)
         return losses.diffusion_loss(self.spec, self.schedule, out, x0, x_t, t, noise)
 
     def exports(self) -> dict:
@@ -311,6 +337,7 @@ def make(stage: str, raw: dict, base: Path, d, seed: int = 0) -> Task:
     for section in ("model", "data"):
         if section not in raw:
             raise UnclipError(f"the training config has no [{section}] section")
+    raw = {**raw, "_base": str(base)}
     with torch.random.fork_rng(devices=[]):  # seeded weight init without touching the caller's RNG
         torch.manual_seed(seed)
         return TASKS[stage](_relative_to(raw, base), d)
