@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from unclip_cli.errors import UnclipError
 from unclip_cli import options
-from unclip_cli.pipeline import cascade, images, stages as stages_mod
+from unclip_cli.pipeline import cascade, images, stages as stages_mod, toolkit
 
 err = Console(stderr=True)
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
@@ -148,44 +148,66 @@ def warn_truncated(stages, prompt: str) -> None:
 # Verbs ---------------------------------------------------------------------------------------
 
 
-def generate(prompt: str, args: RunArgs) -> list[Path]:
+def _negative(stages, negative: str) -> tuple[list[str] | None, dict]:
+    """A negative prompt as the cascade takes it (None when empty: exactly as without one) and its metadata."""
+    if not negative.strip():
+        return None, {}
+    warn_truncated(stages, negative)
+    return [negative], {"negative_prompt": negative}
+
+
+def generate(prompt: str, args: RunArgs, negative: str = "") -> list[Path]:
     stages, opts, seeds = prepare(args)
     warn_truncated(stages, prompt)
+    neg, record = _negative(stages, negative)
     progress = StageProgress(quiet())
     with progress.progress:
-        x = cascade.generate(stages, [prompt], opts, generators(seeds), progress, one_by_one=True)
-    return write_outputs(images.to_pil(x), seeds, args, stages, opts, "generate", prompt, progress.timings)
+        x = cascade.generate(stages, [prompt], opts, generators(seeds), progress, one_by_one=True, negative=neg)
+    return write_outputs(images.to_pil(x), seeds, args, stages, opts, "generate", prompt, progress.timings, record)
 
 
-def vary(image_path: Path, args: RunArgs) -> list[Path]:
+def vary(image_path: Path, args: RunArgs, steer: toolkit.Steer = toolkit.Steer()) -> list[Path]:
     image = images.load_image(image_path)
     stages, opts, seeds = prepare(args)
+    if steer.prompt:
+        warn_truncated(stages, steer.prompt)
+    if steer.prompt and steer.prompt_mix > 0 and not stages.has("prior"):
+        raise UnclipError(f"--prompt-mix needs a prior, and model '{stages.spec.name}' has none")
     progress = StageProgress(quiet())
     with progress.progress:
-        x = cascade.vary(stages, [image], opts, generators(seeds), progress, one_by_one=True)
-    return write_outputs(images.to_pil(x), seeds, args, stages, opts, "vary", "", progress.timings,
-                         {"source": str(image_path)})
+        x = toolkit.vary(stages, image, opts, generators(seeds), progress, steer)
+    return write_outputs(images.to_pil(x), seeds, args, stages, opts, "vary", steer.prompt, progress.timings,
+                         {"source": str(image_path), **steer.record()})
 
 
-def edit(image_path: Path, mask_path: Path | None, prompt: str, args: RunArgs) -> list[Path]:
+def edit(image_path: Path, mask_path: Path | None, prompt: str, args: RunArgs, negative: str = "") -> list[Path]:
     image = images.load_image(image_path)
     mask_image = images.load_image(mask_path, "mask") if mask_path is not None else None
     edit_mask = images.edit_mask(image, mask_image, str(mask_path) if mask_path else None)  # [H, W] bool
     stages, opts, seeds = prepare(args)
     warn_truncated(stages, prompt)
+    neg, record = _negative(stages, negative)
     S = opts.size
     x = images.to_tensor(image, S)[None]
     m = Image.fromarray(edit_mask.astype(np.uint8) * 255).resize((S, S), Image.BOX)
     m = torch.from_numpy(np.asarray(m) > 0)[None, None]
     progress = StageProgress(quiet())
     with progress.progress:
-        out = cascade.edit(stages, x, m, [prompt], opts, generators(seeds), progress, one_by_one=True)
+        out = cascade.edit(stages, x, m, [prompt], opts, generators(seeds), progress, one_by_one=True, negative=neg)
     results = [images.composite(image, g, edit_mask) for g in images.to_pil(out)]
     return write_outputs(results, seeds, args, stages, opts, "edit", prompt, progress.timings,
-                         {"source": str(image_path), "mask": str(mask_path) if mask_path else "alpha"})
+                         {"source": str(image_path), "mask": str(mask_path) if mask_path else "alpha", **record})
 
 
 # Output --------------------------------------------------------------------------------------
+
+
+def _uses_prior(mode: str, extra: dict) -> bool:
+    if mode == "vary":
+        return "prompt_mix" in extra
+    if mode == "mix":
+        return any(str(extra.get(k, "")).startswith("text:") for k in ("mix_a", "mix_b"))
+    return True
 
 
 def _params(mode: str, prompt: str, seed: int, im, stages, opts, hashes: dict, extra: dict | None) -> dict:
@@ -193,7 +215,7 @@ def _params(mode: str, prompt: str, seed: int, im, stages, opts, hashes: dict, e
     from unclip_cli import __version__
 
     spec = stages.spec
-    prior = mode != "vary"
+    prior = _uses_prior(mode, extra or {})
     params = {
         "mode": mode, "prompt": prompt, "seed": seed, "model": spec.name,
         "model_hash": (spec.stages["decoder"].sha256 or "")[:10], "size": f"{im.size[0]}x{im.size[1]}",
