@@ -20,6 +20,7 @@ Prints progress to stderr and writes one JSON object.
 """
 
 import argparse
+import dataclasses
 import itertools
 import json
 import sys
@@ -123,6 +124,38 @@ def summarize_series(rows: list[dict]) -> dict:
             "mean_changes": round(float(np.mean([r["changes"] for r in rows])), 3)}
 
 
+def attribute_summary(case: str, rows: list[dict]) -> dict:
+    """Per attribute (colour, shape) that differs between A and B: share of series where it changes once, A's to B's."""
+    a, b = (label_of(c) for c in case.split(": ")[-1].split(" -> "))
+    out = {}
+    for k, name in enumerate(("color", "shape")):
+        if a.split()[k] == b.split()[k]:
+            continue
+        seqs = [[lab.split()[k] if lab != "none" else "none" for lab in r["labels"]] for r in rows]
+        checks = [series_check(seq, a.split()[k], b.split()[k]) for seq in seqs]
+        out[name] = {"one_change_a_to_b": round(float(np.mean([c["one_change_a_to_b"] for c in checks])), 4),
+                     "ends_right": round(float(np.mean([q[0] == a.split()[k] and q[-1] == b.split()[k] for q in seqs])), 4),
+                     "mean_switch_ratio": _mean_switch(checks, len(rows[0]["labels"]))}
+    return out
+
+
+def _mean_switch(checks, frames: int):
+    at = [(c["switch_after_frame"] + 0.5) / (frames - 1) for c in checks if c["one_change_a_to_b"]]
+    return round(float(np.mean(at)), 3) if at else None
+
+
+def reanalyze(path: str) -> None:
+    """Add per-attribute summaries to a results file (no sampling)."""
+    with open(path) as f:
+        result = json.load(f)
+    for part in ("mix", "text_diff"):
+        for case, v in result.get(part, {}).get("cases", {}).items():
+            v["per_attribute"] = attribute_summary(case, v["rows"])
+            log(part, case, {k: v[k] for k in ("one_change_a_to_b", "mean_changes")}, v["per_attribute"])
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+
+
 def measure_mix(stages, opts, n: int, frames: int) -> dict:
     ratios = [k / (frames - 1) for k in range(frames)]
     out = {}
@@ -160,16 +193,16 @@ def measure_text_diff(stages, opts, n: int, frames: int) -> dict:
     return {"amounts": amounts, "cases": out}
 
 
-def measure_negative(stages, opts, n: int) -> dict:
+def measure_negative(stages, opts, n: int, negatives=(None, "red")) -> dict:
     out = {}
-    for neg in (None, "red"):
+    for neg in negatives:
         t = time.perf_counter()
         x = cascade.generate(stages, ["a circle"] * n, opts, gens(range(n)), negative=None if neg is None else [neg] * n)
         found = [judge.detect(p) for p in images.to_pil(x)]
         red_circle = [any(o["color"] == "red" and o["shape"] == "circle" for o in f) for f in found]
         red_any = [any(o["color"] == "red" for o in f) for f in found]
         circle = [any(o["shape"] == "circle" for o in f) for f in found]
-        key = "negative 'red'" if neg else "no negative"
+        key = f"negative '{neg}'" if neg else "no negative"
         out[key] = {"red_circle": round(float(np.mean(red_circle)), 4), "any_red": round(float(np.mean(red_any)), 4),
                     "any_circle": round(float(np.mean(circle)), 4),
                     "labels": [[f"{o['color']} {o['shape']}" for o in f] for f in found]}
@@ -188,7 +221,10 @@ def main() -> None:
     ap.add_argument("--strengths", default="1.0,0.8,0.6,0.4")
     ap.add_argument("--only", default="vary,mix,diff,negative")
     ap.add_argument("--out", default="benchmarks/results/toolkit_shapes.json")
+    ap.add_argument("--reanalyze", action="store_true", help="only add per-attribute summaries to --out")
     args = ap.parse_args()
+    if args.reanalyze:
+        return reanalyze(args.out)
     stages, size = stages_mod.open_model(args.model, "cpu", torch.float32, None, keep_loaded=True)
     S = stages.decoder_size()
     opts = options.resolve(stages.spec.defaults, {}, S)
@@ -204,6 +240,11 @@ def main() -> None:
         result["text_diff"] = measure_text_diff(stages, opts, args.series_n, args.frames)
     if "negative" in only:
         result["negative"] = measure_negative(stages, opts, args.neg_n)
+    if "negative-guidance" in only:  # the negative prompt at lower guidance, and against the colour drawn
+        for pg, dg in ((3.0, 3.0), (1.5, 1.5), (1.0, 3.0)):
+            o = dataclasses.replace(opts, prior_guidance=pg, decoder_guidance=dg)
+            negs = (None, "red", "orange") if (pg, dg) != (3.0, 3.0) else ("orange",)
+            result[f"negative_guidance_{pg}_{dg}"] = measure_negative(stages, o, args.neg_n, negs)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
