@@ -107,23 +107,60 @@ def _run():
     return run
 
 
+Negative = Annotated[str, typer.Option("--negative-prompt", help="What to steer away from: the prior's and the "
+                                                                "decoder's unconditional input (empty = none).")]
+
+
 @app.command()
 @with_options("prior", "decoder", "upsampler")
 def generate(prompt: Annotated[Optional[str], typer.Argument(help="What to draw.")] = None,
-             prompts_file: PromptsFile = None, guidelines: GuidelinesFile = None, **kw):
+             negative_prompt: Negative = "", prompts_file: PromptsFile = None, guidelines: GuidelinesFile = None,
+             **kw):
     """Text to image: CLIP text -> prior -> decoder -> upsamplers -> PNG."""
     with friendly_errors(interruptible=True):
         if prompt is not None and not prompt.strip():
             raise UnclipError("the prompt is empty")
-        _run().generate(prompt, _run().RunArgs.of(kw | {"prompts_file": prompts_file, "guidelines": guidelines}))
+        _run().generate(prompt, _run().RunArgs.of(kw | {"prompts_file": prompts_file, "guidelines": guidelines}),
+                        negative=negative_prompt)
 
 
 @app.command()
-@with_options("decoder", "upsampler")
-def vary(image: Annotated[Path, typer.Argument(help="The image to make variations of.")], **kw):
-    """Variations of an image: its CLIP image embedding -> decoder -> upsamplers (no prior)."""
+@with_options("prior", "decoder", "upsampler")
+def vary(
+    image: Annotated[Path, typer.Argument(help="The image to make variations of.")],
+    strength: Annotated[float, typer.Option(help="How far from the input: 1 = from pure noise (default); below 1 the "
+                                                 "decoder starts from the input noised to this level (img2img).")] = 1.0,
+    prompt: Annotated[str, typer.Option(help="Steer with text: the decoder's caption.")] = "",
+    prompt_mix: Annotated[float, typer.Option(help="With --prompt: also slerp the image embedding this far (0-1) "
+                                                   "toward the prior's embedding of the prompt.")] = 0.0,
+    toward: Annotated[Optional[str], typer.Option(help="Text diff: move the image toward this caption.")] = None,
+    from_: Annotated[str, typer.Option("--from", help="Text diff: a caption of the image as it is.")] = "",
+    amount: Annotated[float, typer.Option(help="Text diff: how far (0-1) to turn toward the difference.")] = 0.5,
+    **kw,
+):
+    """Variations of an image: its CLIP image embedding -> decoder -> upsamplers (no prior unless --prompt-mix)."""
     with friendly_errors(interruptible=True):
-        _run().vary(image, _run().RunArgs.of(kw))
+        from unclip_cli.cli import toolkit
+
+        steer = toolkit.steer_of(strength, prompt, prompt_mix, toward, from_, amount)
+        _run().vary(image, _run().RunArgs.of(kw), steer)
+
+
+@app.command()
+@with_options("prior", "decoder", "upsampler")
+def mix(
+    a: Annotated[str, typer.Argument(help="First side: an image file, or a text (through the prior). "
+                                          "Write image:PATH or text:WORDS to say which.")],
+    b: Annotated[str, typer.Argument(help="Second side, as A.")],
+    ratio: Annotated[Optional[float], typer.Option(help="0 = A, 1 = B (default 0.5).")] = None,
+    frames: Annotated[Optional[int], typer.Option(help="Write N images over ratios 0..1 and an animated GIF.")] = None,
+    **kw,
+):
+    """Blend two images or texts: spherical interpolation of their CLIP image embeddings, same noise for every ratio."""
+    with friendly_errors(interruptible=True):
+        from unclip_cli.cli import toolkit
+
+        toolkit.mix(a, b, ratio, frames, _run().RunArgs.of(kw))
 
 
 @app.command()
@@ -133,6 +170,7 @@ def edit(
     prompt: Annotated[Optional[str], typer.Argument(help="What the masked area should show.")] = None,
     mask: Annotated[Optional[Path], typer.Option(help="Mask image, same size: white = edit, black = keep. "
                                                       "Without it, the image's transparent pixels are edited.")] = None,
+    negative_prompt: Negative = "",
     invert_mask: Annotated[bool, typer.Option("--invert-mask", help="Edit the black (or opaque) pixels instead.")] = False,
     mask_dilate: Annotated[int, typer.Option(help="Grow the mask by this many pixels of the decoder's grid.")] = 0,
     mask_blur: Annotated[int, typer.Option(help="Feather the paste-back over this many pixels outside the (grown) "
@@ -147,7 +185,8 @@ def edit(
             raise UnclipError("the prompt is empty")
         run = _run()
         region = run.EditArgs(invert=invert_mask, dilate=mask_dilate, blur=mask_blur)
-        run.edit(image, mask, prompt, run.RunArgs.of(kw | {"prompts_file": prompts_file, "guidelines": guidelines}), region)
+        run.edit(image, mask, prompt, run.RunArgs.of(kw | {"prompts_file": prompts_file, "guidelines": guidelines}), region,
+                 negative=negative_prompt)
 
 
 @app.command()

@@ -19,7 +19,7 @@ from unclip_cli.cli import batches, interrupts, prompts as prompts_mod
 from unclip_cli.errors import UnclipError
 from unclip_cli import options
 from unclip_cli.diffusion import repaint
-from unclip_cli.pipeline import cascade, edit_region, images, stages as stages_mod
+from unclip_cli.pipeline import cascade, edit_region, images, stages as stages_mod, toolkit
 from unclip_cli.weights import vocabulary
 
 err = Console(stderr=True)
@@ -241,34 +241,47 @@ def plan_prompts(prompt: str | None, args: RunArgs) -> Plan:
 # Verbs ---------------------------------------------------------------------------------------
 
 
-def generate(prompt: str | None, args: RunArgs) -> list[Path]:
+def _negative(stages, negative: str) -> tuple[list[str] | None, dict]:
+    """A negative prompt as the cascade takes it (None when empty: exactly as without one) and its metadata."""
+    if not negative.strip():
+        return None, {}
+    warn_truncated(stages, negative)
+    return [negative], {"negative_prompt": negative}
+
+
+def generate(prompt: str | None, args: RunArgs, negative: str = "") -> list[Path]:
     plan = plan_prompts(prompt, args)
     stages, opts, seeds = prepare(args, plan.count())
     for p in plan.prompts:
         warn_truncated(stages, p.text)
+    neg, record = _negative(stages, negative)
 
     def make(chunk, progress):
         x = cascade.generate(stages, [j.prompt for j in chunk], opts, generators([j.seed for j in chunk]),
-                             progress, one_by_one=True)
+                             progress, one_by_one=True, negative=neg and neg * len(chunk))
         return images.to_pil(x)
 
-    return run_jobs(plan.jobs(seeds, args.num_images), make, args, stages, opts, "generate", plan)
+    return run_jobs(plan.jobs(seeds, args.num_images), make, args, stages, opts, "generate", plan, record)
 
 
-def vary(image_path: Path, args: RunArgs) -> list[Path]:
+def vary(image_path: Path, args: RunArgs, steer: toolkit.Steer = toolkit.Steer()) -> list[Path]:
     image = images.load_image(image_path)
     stages, opts, seeds = prepare(args)
+    if steer.prompt:
+        warn_truncated(stages, steer.prompt)
+    if steer.prompt and steer.prompt_mix > 0 and not stages.has("prior"):
+        raise UnclipError(f"--prompt-mix needs a prior, and model '{stages.spec.name}' has none")
 
     def make(chunk, progress):
-        x = cascade.vary(stages, [image], opts, generators([j.seed for j in chunk]), progress, one_by_one=True)
+        x = toolkit.vary(stages, image, opts, generators([j.seed for j in chunk]), progress, steer)
         return images.to_pil(x)
 
-    jobs = [batches.Job("", s) for s in seeds]
-    return run_jobs(jobs, make, args, stages, opts, "vary", extra={"source": str(image_path)})
+    jobs = [batches.Job(steer.prompt, s) for s in seeds]
+    return run_jobs(jobs, make, args, stages, opts, "vary", extra={"source": str(image_path), **steer.record()})
 
 
 def edit(image_path: Path, mask_path: Path | None, prompt: str | None, args: RunArgs,
-         region: EditArgs | None = None) -> list[Path]:
+         region: EditArgs | None = None, negative: str = "") -> list[Path]:
     region = region or EditArgs()
     region.check()
     plan = plan_prompts(prompt, args)
@@ -280,14 +293,16 @@ def edit(image_path: Path, mask_path: Path | None, prompt: str | None, args: Run
         raise UnclipError(f"--resample needs --sampler {' or '.join(repaint.SUPPORTED)}, not {opts.sampler}")
     for p in plan.prompts:
         warn_truncated(stages, p.text)
+    neg, record = _negative(stages, negative)
 
     def make(chunk, progress):
         return edit_region.edit(stages, image, edit_mask, [j.prompt for j in chunk], opts,
-                                generators([j.seed for j in chunk]), progress, dilate=region.dilate, blur=region.blur)
+                                generators([j.seed for j in chunk]), progress, dilate=region.dilate, blur=region.blur,
+                                negative=neg and neg * len(chunk))
 
     extra = {"source": str(image_path), "mask": str(mask_path) if mask_path else "alpha", "invert_mask": region.invert or None,
              "mask_dilate": region.dilate, "mask_blur": region.blur, "resample": opts.resample,
-             "jump": opts.jump if opts.resample > 1 else None}
+             "jump": opts.jump if opts.resample > 1 else None, **record}
     return run_jobs(plan.jobs(seeds, args.num_images), make, args, stages, opts, "edit", plan, extra)
 
 
@@ -318,12 +333,20 @@ def run_jobs(jobs, make, args: RunArgs, stages, opts, mode: str, plan: Plan | No
 # Output --------------------------------------------------------------------------------------
 
 
+def _uses_prior(mode: str, extra: dict) -> bool:
+    if mode == "vary":
+        return "prompt_mix" in extra
+    if mode == "mix":
+        return any(str(extra.get(k, "")).startswith("text:") for k in ("mix_a", "mix_b"))
+    return True
+
+
 def _params(mode: str, prompt: str, seed: int, im, stages, opts, hashes: dict, extra: dict | None) -> dict:
     """What a PNG records about how it was made (None values left out)."""
     from unclip_cli import __version__
 
     spec = stages.spec
-    prior = mode != "vary"
+    prior = _uses_prior(mode, extra or {})
     params = {
         "mode": mode, "prompt": prompt, "seed": seed, "model": spec.name,
         "model_hash": (spec.stages["decoder"].sha256 or "")[:10], "size": f"{im.size[0]}x{im.size[1]}",

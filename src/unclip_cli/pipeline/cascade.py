@@ -51,9 +51,10 @@ def encode_images(stages: Stages, images) -> torch.Tensor:
 
 
 def _sample(opts: Options, denoise: samplers.Denoiser, x, steps: int, gens, name: str, report: Report,
-            post_step=None):
-    """Sample a stage; an edit (post_step given) resamples RePaint-style when opts.resample > 1."""
-    timesteps = gaussian.respace(denoise.schedule.num_timesteps, steps)
+            post_step=None, timesteps=None):
+    """Sample a stage (over `timesteps` if given, e.g. img2img's tail); an edit (post_step given) resamples
+    RePaint-style when opts.resample > 1."""
+    timesteps = timesteps or gaussian.respace(denoise.schedule.num_timesteps, steps)
     resample = opts.resample if post_step is not None else 1
     total = len(timesteps) * resample
     report(name, 0, total)
@@ -94,11 +95,15 @@ def prior_stage(stages: Stages, text: TextEncoding, uncond: TextEncoding, opts: 
 def decoder_stage(
     stages: Stages, image_embed, text: TextEncoding, uncond: TextEncoding, opts: Options, gens,
     report: Report = _noop, known: tuple[torch.Tensor, torch.Tensor] | None = None,
+    start: tuple[torch.Tensor, float] | None = None, uncond_embed: torch.Tensor | None = None,
 ):
     """CLIP image embedding (+ text) -> 64x64 image in [-1, 1]. `known` = (image, keep mask) for edits.
 
     An inpainting decoder (GLIDE-style, `inpaint_inputs`) also gets cat[known image * keep, keep]
-    (all zeros without `known`: everything is to be drawn)."""
+    (all zeros without `known`: everything is to be drawn).
+    `start` = (image [B, 3, S, S], strength < 1): begin from the image noised to that level (img2img).
+    `uncond_embed`: the image embedding of guidance's unconditional branch (default: the learned null one).
+    """
     text_proj, unet = stages.get("text_proj"), stages.get("decoder")
     spec = stages.diffusion("decoder")
     B, image_embed = image_embed.shape[0], image_embed.to(stages.dtype)
@@ -116,13 +121,17 @@ def decoder_stage(
         net = call
     else:
         both = TextEncoding.cat([uncond, text])
-        images = torch.cat([text_proj.null_image_embed(B, image_embed.dtype), image_embed])
+        null = text_proj.null_image_embed(B, image_embed.dtype) if uncond_embed is None else uncond_embed.to(stages.dtype)
+        images = torch.cat([null, image_embed])
         emb, ctx, cmask = text_proj(images, both.embed, both.tokens, both.mask)
         net = samplers.guided(call, opts.decoder_guidance, spec.guided_channels)
     denoise = samplers.Denoiser(net, spec, stages.dtype)
     x = samplers.randn((B, C, S, S), gens, stages.device, torch.float32)
     post = _keep_known(denoise.schedule, known, gens) if known is not None else None
-    out = _sample(opts, denoise, x, opts.decoder_steps, gens, "decoder", report, post).clamp(-1, 1)
+    timesteps = None
+    if start is not None:
+        x, timesteps = noised_start(denoise.schedule, opts.decoder_steps, start[0].to(x.device), start[1], x)
+    out = _sample(opts, denoise, x, opts.decoder_steps, gens, "decoder", report, post, timesteps).clamp(-1, 1)
     stages.release("text_proj", "decoder")
     return out
 
@@ -169,6 +178,14 @@ def _inpaint_channels(known, B: int, C: int, S: int, stages: Stages) -> torch.Te
     return torch.cat([image.expand(B, C, S, S) * keep, keep], dim=1).to(stages.dtype)
 
 
+def noised_start(schedule, steps: int, image: torch.Tensor, strength: float, noise: torch.Tensor):
+    """img2img: the last round(steps * strength) (at least 1) of the usual timesteps, and the image
+    noised to the first of them with `noise`. Returns (x, timesteps)."""
+    timesteps = gaussian.respace(schedule.num_timesteps, steps)
+    timesteps = timesteps[-max(1, round(len(timesteps) * strength)):]
+    return gaussian.q_sample(schedule, image.float(), timesteps[0], noise), timesteps
+
+
 def _keep_known(schedule, known, gens):
     """After each step, reset the kept pixels to the known image noised to the new timestep."""
     image, keep = known
@@ -211,20 +228,21 @@ def upsample_all(stages: Stages, x64, opts: Options, gens, report: Report = _noo
     return x
 
 
-def _text_rows(stages: Stages, prompts: list[str], one_by_one: bool):
-    """(text(i), uncond(i)): the CLIP text encodings a stage call over rows i conditions on.
+def _text_rows(stages: Stages, prompts: list[str], one_by_one: bool, negative: list[str] | None = None):
+    """(text(i), uncond(i)): the CLIP text encodings a stage call over rows i conditions on; uncond is the
+    negative prompt of each prompt (default: the empty one).
 
     Batched, or one by one with a single prompt: one encoding for all. One by one with a prompt per
     generator: each distinct prompt is encoded alone, as a batch of one, so its images are
     bit-identical to a run of that prompt alone.
     """
+    negative = negative or [""] * len(prompts)
     if not one_by_one or len(prompts) == 1:
         text, _ = encode_text(stages, prompts)
-        uncond, _ = encode_text(stages, [""] * len(prompts))
+        uncond, _ = encode_text(stages, negative)
         return (lambda i: text), (lambda i: uncond)
-    encodings = {p: encode_text(stages, [p])[0] for p in dict.fromkeys(prompts)}
-    uncond, _ = encode_text(stages, [""])
-    return (lambda i: encodings[prompts[i.start]]), (lambda i: uncond)
+    encodings = {p: encode_text(stages, [p])[0] for p in dict.fromkeys([*prompts, *negative])}
+    return (lambda i: encodings[prompts[i.start]]), (lambda i: encodings[negative[i.start]])
 
 
 # Verbs ------------------------------------------------------------------------------------
@@ -233,14 +251,45 @@ def _text_rows(stages: Stages, prompts: list[str], one_by_one: bool):
 # its own image (see _looper).
 
 
-def generate(stages: Stages, prompts: list[str], opts: Options, gens, report: Report = _noop, *,
-             one_by_one: bool = False):
-    """Images [B, 3, size, size] for prompts (one per generator)."""
-    text, uncond = _text_rows(stages, prompts, one_by_one)
+def clone_generators(gens) -> list[torch.Generator]:
+    """Independent copies of generators in their current state (the same draws, without consuming them)."""
+    out = []
+    for g in gens:
+        c = torch.Generator(device=g.device)
+        c.set_state(g.get_state())
+        out.append(c)
+    return out
+
+
+def _conditions(stages: Stages, prompts: list[str], negative: list[str] | None, opts: Options, loop, report,
+                one_by_one: bool):
+    """(text(i), uncond(i), image embeddings, unconditional image embeddings or None) for generate and edit.
+
+    With negative prompts (Kandinsky 2.2's pattern) the negative text is the prior's unconditional
+    input, and the prior's embedding of the negative text (sampled with a copy of each generator, so
+    the main draws are unchanged) is the decoder's unconditional image embedding.
+    """
+    text, uncond = _text_rows(stages, prompts, one_by_one, negative)
+    empty = _text_rows(stages, [""] * len(prompts), one_by_one)[0] if negative else None
     stages.release("clip")
+    if not negative:
+        return text, uncond, loop(lambda i, g: prior_stage(stages, text(i), uncond(i), opts, g, report)), None
+
+    def both(i, g):
+        neg = prior_stage(stages, uncond(i), empty(i), opts, clone_generators(g), report)
+        return torch.stack([prior_stage(stages, text(i), uncond(i), opts, g, report), neg], 1)
+
+    pos_neg = loop(both)
+    return text, uncond, pos_neg[:, 0], pos_neg[:, 1]
+
+
+def generate(stages: Stages, prompts: list[str], opts: Options, gens, report: Report = _noop, *,
+             one_by_one: bool = False, negative: list[str] | None = None):
+    """Images [B, 3, size, size] for prompts (one per generator); `negative`: a negative prompt per prompt."""
     loop = _looper(stages, gens, one_by_one)
-    image_embed = loop(lambda i, g: prior_stage(stages, text(i), uncond(i), opts, g, report))
-    x = loop(lambda i, g: decoder_stage(stages, image_embed[i], text(i), uncond(i), opts, g, report))
+    text, uncond, image_embed, neg_embed = _conditions(stages, prompts, negative, opts, loop, report, one_by_one)
+    x = loop(lambda i, g: decoder_stage(stages, image_embed[i], text(i), uncond(i), opts, g, report,
+                                        uncond_embed=None if neg_embed is None else neg_embed[i]))
     return upsample_all(stages, x, opts, gens, report, loop=loop)
 
 
@@ -255,7 +304,7 @@ def vary(stages: Stages, images, opts: Options, gens, report: Report = _noop, *,
 
 
 def edit(stages: Stages, image: torch.Tensor, edit_mask: torch.Tensor, prompts: list[str], opts: Options, gens,
-         report: Report = _noop, *, one_by_one: bool = False):
+         report: Report = _noop, *, one_by_one: bool = False, negative: list[str] | None = None):
     """Regenerate the masked area. image: [B, 3, S, S] in [-1, 1] at opts.size; edit_mask: [B, 1, S, S] bool.
 
     The mask is carried down to each stage's resolution by max-pooling (a low-res pixel is edited
@@ -269,10 +318,9 @@ def edit(stages: Stages, image: torch.Tensor, edit_mask: torch.Tensor, prompts: 
         m = F.max_pool2d(edit_mask.float(), f) if f > 1 else edit_mask.float()
         return img, ~(m > 0)
 
-    text, uncond = _text_rows(stages, prompts, one_by_one)
-    stages.release("clip")
     loop = _looper(stages, gens, one_by_one)
-    image_embed = loop(lambda i, g: prior_stage(stages, text(i), uncond(i), opts, g, report))
+    text, uncond, image_embed, neg_embed = _conditions(stages, prompts, negative, opts, loop, report, one_by_one)
     known = known_at(stages.decoder_size())
-    x = loop(lambda i, g: decoder_stage(stages, image_embed[i], text(i), uncond(i), opts, g, report, known))
+    x = loop(lambda i, g: decoder_stage(stages, image_embed[i], text(i), uncond(i), opts, g, report, known,
+                                        uncond_embed=None if neg_embed is None else neg_embed[i]))
     return upsample_all(stages, x, opts, gens, report, known_at, loop=loop)

@@ -136,7 +136,7 @@ def paste(original: Image.Image, generated: Image.Image, win: Window, weights: n
 
 
 def edit(stages, image: Image.Image, mask: np.ndarray, prompts: list[str], opts, gens, report=cascade._noop, *,
-         dilate: int = 0, blur: int = 0) -> list[Image.Image]:
+         dilate: int = 0, blur: int = 0, negative: list[str] | None = None) -> list[Image.Image]:
     """Edit `image` (any size) where `mask` [H, W] is True: one result per generator (prompts: one for all,
     or one per generator), each the input's size. `dilate`: grow the mask by that many decoder pixels;
     `blur`: feather width in image pixels."""
@@ -144,6 +144,6 @@ def edit(stages, image: Image.Image, mask: np.ndarray, prompts: list[str], opts,
     grown = grow(mask, dilation_radius(win, dilate, stages.decoder_size()))
     # the model redraws the feathered ring too (else its pixels there would just be the input's again)
     x, m = model_inputs(image, grow(grown, blur), win, opts.size)
-    out = cascade.edit(stages, x, m, list(prompts), opts, gens, report, one_by_one=True)
+    out = cascade.edit(stages, x, m, list(prompts), opts, gens, report, one_by_one=True, negative=negative)
     weights = feather(grown, blur)
     return [paste(image, g, win, weights) for g in images.to_pil(out)]

@@ -166,7 +166,8 @@ def a1111_text(params: dict) -> str:
         ("Mode", "mode"),
     ]
     pairs = [f"{label}: {params[k]}" for label, k in keys if params.get(k) not in (None, "")]
-    return f"{prompt}\n" + ", ".join(pairs)
+    negative = f"Negative prompt: {params['negative_prompt']}\n" if params.get("negative_prompt") else ""
+    return f"{prompt}\n{negative}" + ", ".join(pairs)
 
 
 def png_bytes(image: Image.Image, params: dict | None) -> bytes:
