@@ -96,7 +96,7 @@ def parse(monkeypatch, *args: str):
     """Run `unclip generate` up to the checks of run.validate (no model loads); return (result, RunArgs or None)."""
     seen = {}
 
-    def generate(prompt, run_args):
+    def generate(prompt, run_args, negative=""):
         seen["args"] = run_args
         run.validate(run_args)
 
