@@ -165,7 +165,7 @@ def generators(seeds: list[int]) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(s) for s in seeds]
 
 
-def warn_truncated(stages, prompt: str) -> None:
+def warn_prompt(stages, prompt: str) -> None:
     """Warnings about the prompt, one line each: words the model never saw, words cut off by CLIP."""
     vocab = stages.vocabulary()
     if vocab and (missing := vocabulary.unknown(vocab, prompt)):
@@ -245,7 +245,7 @@ def _negative(stages, negative: str) -> tuple[list[str] | None, dict]:
     """A negative prompt as the cascade takes it (None when empty: exactly as without one) and its metadata."""
     if not negative.strip():
         return None, {}
-    warn_truncated(stages, negative)
+    warn_prompt(stages, negative)
     return [negative], {"negative_prompt": negative}
 
 
@@ -253,7 +253,7 @@ def generate(prompt: str | None, args: RunArgs, negative: str = "") -> list[Path
     plan = plan_prompts(prompt, args)
     stages, opts, seeds = prepare(args, plan.count())
     for p in plan.prompts:
-        warn_truncated(stages, p.text)
+        warn_prompt(stages, p.text)
     neg, record = _negative(stages, negative)
 
     def make(chunk, progress):
@@ -268,7 +268,7 @@ def vary(image_path: Path, args: RunArgs, steer: toolkit.Steer = toolkit.Steer()
     image = images.load_image(image_path)
     stages, opts, seeds = prepare(args)
     if steer.prompt:
-        warn_truncated(stages, steer.prompt)
+        warn_prompt(stages, steer.prompt)
     if steer.prompt and steer.prompt_mix > 0 and not stages.has("prior"):
         raise UnclipError(f"--prompt-mix needs a prior, and model '{stages.spec.name}' has none")
 
@@ -292,7 +292,7 @@ def edit(image_path: Path, mask_path: Path | None, prompt: str | None, args: Run
     if opts.resample > 1 and opts.sampler not in repaint.SUPPORTED:
         raise UnclipError(f"--resample needs --sampler {' or '.join(repaint.SUPPORTED)}, not {opts.sampler}")
     for p in plan.prompts:
-        warn_truncated(stages, p.text)
+        warn_prompt(stages, p.text)
     neg, record = _negative(stages, negative)
 
     def make(chunk, progress):

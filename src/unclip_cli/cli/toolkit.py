@@ -103,7 +103,7 @@ def mix(a: str, b: str, ratio: float | None, frames: int | None, args: run.RunAr
         raise UnclipError(f"model '{stages.spec.name}' has no prior, so a mix side cannot be a text")
     for kind, value in (sa, sb):
         if kind == "text":
-            run.warn_truncated(stages, value)
+            run.warn_prompt(stages, value)
     progress = run.StageProgress(run.quiet())
     series = []
     with progress.progress:

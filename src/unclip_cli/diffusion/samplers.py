@@ -40,6 +40,21 @@ def randn(shape: Sequence[int], generators: Sequence[torch.Generator], device, d
     return torch.cat(parts).to(device=device, dtype=dtype)
 
 
+def _steps(timesteps: Sequence[int], last_prev):
+    """(i, t, prev) for each step: prev is the next timestep, `last_prev` after the last one."""
+    for i, t in enumerate(timesteps):
+        yield i, t, (timesteps[i + 1] if i + 1 < len(timesteps) else last_prev)
+
+
+def _after_step(x, i: int, t: int, prev: int, post_step: PostStep, callback: Callback) -> torch.Tensor:
+    """What every sampler does after a step: the caller's post_step (an edit's known pixels), then its callback."""
+    if post_step is not None:
+        x = post_step(x, prev)
+    if callback is not None:
+        callback(i, t, x)
+    return x
+
+
 def ddpm(
     denoise: Denoise,
     x: torch.Tensor,
@@ -57,8 +72,8 @@ def ddpm(
     variance channels. No noise is added on the step that reaches t = 0 data. `to`: the timestep
     the last step lands on, when sampling only part of the way (default: the data).
     """
-    for i, t in enumerate(timesteps):
-        prev = timesteps[i + 1] if i + 1 < len(timesteps) else (t - 1 if to is None else to)
+    for i, t, prev in _steps(timesteps, to):
+        prev = t - 1 if prev is None else prev
         pred = denoise(x, t)
         mean = D.posterior_mean(schedule, pred.x0, x, t, prev)
         if t > 0:
@@ -67,10 +82,7 @@ def ddpm(
             x = mean + torch.exp(0.5 * log_var) * noise
         else:
             x = mean
-        if post_step is not None:
-            x = post_step(x, prev)
-        if callback is not None:
-            callback(i, t, x)
+        x = _after_step(x, i, t, prev, post_step, callback)
     return x
 
 
@@ -87,8 +99,7 @@ def ddim(
     to: int = -1,
 ) -> torch.Tensor:
     """DDIM (Song et al. 2020); eta = 0 is deterministic, eta = 1 resembles DDPM. `to` as in ddpm."""
-    for i, t in enumerate(timesteps):
-        prev = timesteps[i + 1] if i + 1 < len(timesteps) else to
+    for i, t, prev in _steps(timesteps, to):
         pred = denoise(x, t)
         eps = D.eps_from_x0(schedule, x, t, pred.x0)
         abar_t, abar_prev = schedule.alphas_cumprod[t], D.alpha_bar_at(schedule, prev)
@@ -96,10 +107,7 @@ def ddim(
         x = abar_prev**0.5 * pred.x0 + (1 - abar_prev - sigma**2).clamp(min=0) ** 0.5 * eps
         if eta > 0 and prev >= 0:
             x = x + sigma * randn(x.shape, generators, x.device, x.dtype)
-        if post_step is not None:
-            x = post_step(x, prev)
-        if callback is not None:
-            callback(i, t, x)
+        x = _after_step(x, i, t, prev, post_step, callback)
     return x
 
 
@@ -117,8 +125,7 @@ def dpmpp_2m(
     in its data-prediction form, second order from the second step on. Uses only x0 (a learned variance
     is ignored); the step that reaches t = 0 data returns the last x0, as k-diffusion does."""
     old_x0, old_h = None, None
-    for i, t in enumerate(timesteps):
-        prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+    for i, t, prev in _steps(timesteps, -1):
         pred = denoise(x, t)
         if prev < 0:
             x = pred.x0
@@ -133,10 +140,7 @@ def dpmpp_2m(
             x = ((1 - abar_prev) / (1 - abar_t)) ** 0.5 * x - abar_prev**0.5 * math.expm1(-h) * d
             old_h = h
         old_x0 = pred.x0
-        if post_step is not None:
-            x = post_step(x, prev)
-        if callback is not None:
-            callback(i, t, x)
+        x = _after_step(x, i, t, prev, post_step, callback)
     return x
 
 

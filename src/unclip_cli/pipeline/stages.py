@@ -110,7 +110,9 @@ class Stages:
         """The words the model was trained on (stored in its CLIP file); None when it does not say."""
         if self.spec.format == "diffusers" or "clip" not in self.paths:
             return None
-        return vocabulary.read(self.paths["clip"])
+        if not hasattr(self, "_vocabulary"):  # read once per run, not once per prompt
+            self._vocabulary = vocabulary.read(self.paths["clip"])
+        return self._vocabulary
 
     def context_length(self) -> int:
         return int(self.get("clip").positional_embedding.shape[0])
