@@ -188,3 +188,50 @@ def test_unet_config_from_json_lists_is_hashable_and_equal():
     assert cfg.block_out_channels == (8, 16) and cfg.attention == (False, True)
     assert cfg == UNetConfig(block_out_channels=(8, 16), attention=(False, True), norm_num_groups=4, context_dim=None)
     hash(cfg)
+
+
+# --------------------------------------------------------------------------- speed paths
+
+def test_channels_last_unet_computes_the_same(decoder, text_proj):
+    """A UNet moved to channels_last (what --dtype bf16/fp16 does on the CPU) gives the contiguous one's output
+    to fp32 round-off, and stays channels_last through its attention blocks (no layout copies)."""
+    import copy
+
+    text = text_inputs(real_tokens=(6, 20))
+    cl = copy.deepcopy(decoder).to(memory_format=torch.channels_last)
+    seen = []
+    hooks = [a.register_forward_hook(lambda m, i, o: seen.append(o.is_contiguous(memory_format=torch.channels_last)))
+             for blk in cl.down_blocks if blk.attentions is not None for a in blk.attentions]
+    with torch.no_grad():
+        emb, context, cmask = text_proj(torch.randn(B, tiny.TEXT_PROJ.clip_embeddings_dim), **text)
+        x = torch.randn(B, 3, 32, 32)
+        ref = decoder(x, torch.tensor([3, 700]), emb=emb, context=context, context_mask=cmask)
+        out = cl(x, torch.tensor([3, 700]), emb=emb, context=context, context_mask=cmask)
+    for h in hooks:
+        h.remove()
+    assert seen and all(seen)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_context_keys_and_values_are_reused_only_for_the_same_unchanged_context(decoder, text_proj):
+    text = text_inputs(real_tokens=(6, 20))
+    calls = []
+    attn = next(a for blk in decoder.down_blocks if blk.attentions is not None for a in blk.attentions)
+    hook = attn.add_k_proj.register_forward_hook(lambda m, i, o: calls.append(1))
+    try:
+        with torch.no_grad():
+            emb, context, cmask = text_proj(torch.randn(B, tiny.TEXT_PROJ.clip_embeddings_dim), **text)
+            x = torch.randn(B, 3, 32, 32)
+            a = decoder(x, torch.tensor(500), emb=emb, context=context, context_mask=cmask)
+            b = decoder(x, torch.tensor(500), emb=emb, context=context, context_mask=cmask)
+            assert len(calls) == 1 and torch.equal(a, b)  # second step: projections reused
+            context[0, 4] += 1.0  # changed in place: computed again, and the output follows
+            c = decoder(x, torch.tensor(500), emb=emb, context=context, context_mask=cmask)
+            assert len(calls) == 2 and not torch.allclose(c[0], a[0])
+            d = decoder(x, torch.tensor(500), emb=emb, context=context.clone(), context_mask=cmask)
+            assert len(calls) == 3 and torch.equal(c, d)
+        decoder(x, torch.tensor(500), emb=emb, context=context, context_mask=cmask)  # with autograd: never cached
+        decoder(x, torch.tensor(500), emb=emb, context=context, context_mask=cmask)
+        assert len(calls) == 5
+    finally:
+        hook.remove()

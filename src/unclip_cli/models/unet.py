@@ -106,21 +106,43 @@ class AttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
         """x: [B, C, H, W]; context: [B, N, context_dim]; bias: [B, N] additive (0 or -10000)."""
         B, C, H, W = x.shape
-        # Norm the [B, C, HW] view and add the residual last, as diffusers does: the same memory layouts
-        # pick the same CPU kernels (channels-last after the first attention), so Karlo's decoder
-        # matches diffusers bit for bit; otherwise 1e-6 round-off, amplified ~2e4x at t=999, costs pixels.
-        h = self.group_norm(x.reshape(B, C, H * W)).transpose(1, 2)  # [B, HW, C]
+        pixels_last = _channels_last(x)
+        if pixels_last:  # [B, H, W, C] in memory: the tokens are a view, no copy either way
+            h = self.group_norm(x).permute(0, 2, 3, 1).reshape(B, H * W, C)
+        else:
+            # Norm the [B, C, HW] view and add the residual last, as diffusers does: the same memory layouts
+            # pick the same CPU kernels (channels-last after the first attention), so Karlo's decoder
+            # matches diffusers bit for bit; otherwise 1e-6 round-off, amplified ~2e4x at t=999, costs pixels.
+            h = self.group_norm(x.reshape(B, C, H * W)).transpose(1, 2)  # [B, HW, C]
         q, k, v = self.to_q(h), self.to_k(h), self.to_v(h)
         attn_bias = None
         if context is not None:
-            k = torch.cat([self.add_k_proj(context), k], dim=1)
-            v = torch.cat([self.add_v_proj(context), v], dim=1)
+            ck, cv = self._context_kv(context)
+            k, v = torch.cat([ck, k], dim=1), torch.cat([cv, v], dim=1)
             if bias is not None:
                 attn_bias = F.pad(bias, (0, H * W), value=0.0)[:, None, None, :]  # [B, 1, 1, N+HW]
         split = lambda t: t.reshape(B, t.shape[1], self.heads, -1).transpose(1, 2)  # noqa: E731
         out = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=attn_bias)
         out = self.to_out[0](out.transpose(1, 2).reshape(B, H * W, C))
+        if pixels_last:
+            return out.reshape(B, H, W, C).permute(0, 3, 1, 2) + x
         return out.transpose(1, 2).reshape(B, C, H, W) + x
+
+    def _context_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The context tokens' keys and values. While sampling (no autograd) they are kept for the next
+        call with the same, unmodified context tensor (its version counter counts in-place changes): a
+        stage passes one context for all its steps, so they are computed once per image, not once per step."""
+        cached = getattr(self, "_kv_cache", None)
+        if cached is not None and cached[0] is context and cached[1] == context._version:
+            return cached[2], cached[3]
+        kv = self.add_k_proj(context), self.add_v_proj(context)
+        self._kv_cache = (context, context._version, *kv) if not torch.is_grad_enabled() else None
+        return kv
+
+
+def _channels_last(x: torch.Tensor) -> bool:
+    """Whether x is laid out [B, H, W, C] in memory (and not also plainly contiguous, as when C or HW is 1)."""
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
 class DownBlock(nn.Module):

@@ -54,7 +54,7 @@ def _sample(opts: Options, denoise: samplers.Denoiser, x, steps: int, gens, name
             post_step=None, timesteps=None):
     """Sample a stage (over `timesteps` if given, e.g. img2img's tail); an edit (post_step given) resamples
     RePaint-style when opts.resample > 1."""
-    timesteps = timesteps or gaussian.respace(denoise.schedule.num_timesteps, steps)
+    timesteps = timesteps or gaussian.spaced(denoise.schedule, steps, opts.spacing)
     resample = opts.resample if post_step is not None else 1
     total = len(timesteps) * resample
     report(name, 0, total)
@@ -130,7 +130,8 @@ def decoder_stage(
     post = _keep_known(denoise.schedule, known, gens) if known is not None else None
     timesteps = None
     if start is not None:
-        x, timesteps = noised_start(denoise.schedule, opts.decoder_steps, start[0].to(x.device), start[1], x)
+        x, timesteps = noised_start(denoise.schedule, opts.decoder_steps, start[0].to(x.device), start[1], x,
+                                    opts.spacing)
     out = _sample(opts, denoise, x, opts.decoder_steps, gens, "decoder", report, post, timesteps).clamp(-1, 1)
     stages.release("text_proj", "decoder")
     return out
@@ -147,7 +148,7 @@ def upsample_stage(
     last_name = f"{name}_last" if stages.has(f"{name}_last") else None
     model = {"net": stages.get(name)}
     spec = stages.diffusion(name)
-    timesteps = gaussian.respace(spec.num_timesteps, opts.sr_steps)
+    timesteps = gaussian.spaced(gaussian.schedule_of(spec), opts.sr_steps, opts.spacing)
     # in float32: antialiased bicubic has no bf16 kernel on the CPU
     up = F.interpolate(low.float(), size=(size, size), mode="bicubic", align_corners=False, antialias=True)
     up = up.to(stages.dtype)
@@ -178,10 +179,11 @@ def _inpaint_channels(known, B: int, C: int, S: int, stages: Stages) -> torch.Te
     return torch.cat([image.expand(B, C, S, S) * keep, keep], dim=1).to(stages.dtype)
 
 
-def noised_start(schedule, steps: int, image: torch.Tensor, strength: float, noise: torch.Tensor):
+def noised_start(schedule, steps: int, image: torch.Tensor, strength: float, noise: torch.Tensor,
+                 spacing: str = "uniform"):
     """img2img: the last round(steps * strength) (at least 1) of the usual timesteps, and the image
     noised to the first of them with `noise`. Returns (x, timesteps)."""
-    timesteps = gaussian.respace(schedule.num_timesteps, steps)
+    timesteps = gaussian.spaced(schedule, steps, spacing)
     timesteps = timesteps[-max(1, round(len(timesteps) * strength)):]
     return gaussian.q_sample(schedule, image.float(), timesteps[0], noise), timesteps
 

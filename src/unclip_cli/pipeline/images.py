@@ -160,10 +160,10 @@ def a1111_text(params: dict) -> str:
     """A1111-style infotext: the prompt, then `Key: value` pairs on one line."""
     prompt = params.get("prompt") or ""
     keys = [
-        ("Steps", "decoder_steps"), ("Sampler", "sampler"), ("CFG scale", "decoder_guidance"),
+        ("Steps", "decoder_steps"), ("Sampler", "sampler"), ("Schedule type", "spacing"), ("CFG scale", "decoder_guidance"),
         ("Seed", "seed"), ("Size", "size"), ("Model", "model"), ("Model hash", "model_hash"),
         ("Prior steps", "prior_steps"), ("Prior CFG scale", "prior_guidance"), ("SR steps", "sr_steps"),
-        ("Mode", "mode"),
+        ("Mode", "mode"), ("Precision", "dtype"),
     ]
     pairs = [f"{label}: {params[k]}" for label, k in keys if params.get(k) not in (None, "")]
     negative = f"Negative prompt: {params['negative_prompt']}\n" if params.get("negative_prompt") else ""

@@ -16,6 +16,7 @@ from unclip_cli.diffusion.spec import DiffusionSpec
 from unclip_cli.errors import UnclipError
 from unclip_cli.models import clip
 from unclip_cli.weights import checkpoint, hub, karlo, registry, vocabulary
+from unclip_cli.models.unet import UNet
 from unclip_cli.weights.spec import REQUIRED, ModelSpec
 
 KINDS = {"clip": "clip", "prior": "prior", "text_proj": "text_proj", "decoder": "unet"}  # others: "unet"
@@ -35,6 +36,7 @@ class Stages:
         self.tokenizer: clip.Tokenizer | None = None
         self._deferred: set[str] | None = None  # releases put off by holding()
         self.active: str | None = None  # the stage last asked for (named if it runs out of memory)
+        self.channels_last = channels_last_for(self.device, dtype)
 
     def has(self, stage: str) -> bool:
         return stage in self.paths
@@ -69,7 +71,11 @@ class Stages:
             kind = KINDS.get(stage, "unet")
             module, _ = checkpoint.build(self.paths[stage], stage, self.device, self.dtype, expect_kind=kind)
             self._loaded[stage] = module
-        return self._loaded[stage]
+        module = self._loaded[stage]
+        if self.channels_last and isinstance(module, UNet) and not getattr(module, "_channels_last", False):
+            module.to(memory_format=torch.channels_last)  # in place: 4-D weights re-laid, nothing else changes
+            module._channels_last = True
+        return module
 
     def drop(self, *names: str) -> None:
         """Free now, even inside holding() (unless keep_loaded)."""
@@ -116,6 +122,13 @@ class Stages:
 
     def context_length(self) -> int:
         return int(self.get("clip").positional_embedding.shape[0])
+
+
+def channels_last_for(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the UNets run channels_last ([B, H, W, C] in memory): on the CPU in half precision, where
+    oneDNN's bf16/fp16 convolutions are 1.5-2.5x faster that way (benchmarks/profile_karlo.py). fp32 stays
+    in the plain layout, in which Karlo's decoder matches diffusers bit for bit."""
+    return device.type == "cpu" and dtype in (torch.bfloat16, torch.float16)
 
 
 def _needed(spec: ModelSpec, size: int | None) -> tuple[list[str], list[tuple[str, int]]]:
