@@ -297,7 +297,7 @@ def serve(
     dtype: RUN_OPTIONS["dtype"][0] = "auto",
 ):
     """A web page for generate, edit (paint the area), vary and mix, and its JSON API (needs the serve extra)."""
-    with friendly_errors():
+    with friendly_errors(interruptible=True):
         from unclip_cli.cli import serve as web
 
         web.main(web.Config(host=host, port=port, model=model, outdir=outdir, device=device, dtype=dtype))

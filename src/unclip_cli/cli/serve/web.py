@@ -62,7 +62,7 @@ def refusal(headers: Headers, cfg: Config) -> str | None:
     """Why a request is refused as not coming from this server's own page (None: it is not)."""
     host = headers.get("host", "")
     if not _host_ok(host, cfg):
-        return f"this server answers requests addressed to it only (Host {host[:60]!r} is not)"
+        return f"refused: this server answers only requests addressed to it (Host {host[:60]!r} is not)"
     origin = headers.get("origin")
     if origin is not None and origin != f"http://{host}":
         return f"requests from other origins are refused (Origin {origin[:60]!r})"
