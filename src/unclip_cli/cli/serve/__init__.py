@@ -3,50 +3,21 @@
 `web.py` is the Starlette app (routes, same-origin checks, JSON errors); `jobs.py` the queue that runs
 one job at a time, in a worker thread, through the verbs' own code (`cli/run.py`, `cli/toolkit.py`);
 `requests.py` turns a JSON body into a checked verb call; `files.py` takes uploads in and hands output
-files out, never anything outside the output folder; `static/` is the page (plain HTML, CSS, JS).
+files out, never anything outside the output folder; `common.py` holds the configuration and the API's
+error; `static/` is the page (plain HTML, CSS, JS).
 
 The web stack (Starlette, uvicorn, python-multipart) is the optional extra `unclip-cli[serve]`: it is
 imported only by this command, so `unclip --help` and the other verbs never load it.
 """
 
-import ipaddress
 import sys
-from dataclasses import dataclass
-from pathlib import Path
 
 from unclip_cli.cli import interrupts
+from unclip_cli.cli.serve.common import Config, is_loopback
 from unclip_cli.errors import UnclipError
 
 EXTRA = ("starlette", "uvicorn", "multipart")
-
-
-class HttpError(UnclipError):
-    """A request the API refuses: one line for the JSON body, and its HTTP status."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
-
-
-@dataclass(frozen=True)
-class Config:
-    """What `unclip serve` was started with."""
-
-    host: str = "127.0.0.1"
-    port: int = 7860
-    model: str | None = None
-    outdir: Path = Path("outputs")
-    device: str = "auto"
-    dtype: str = "auto"
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+__all__ = ["Config", "check_installed", "main"]
 
 
 def check_installed() -> None:

@@ -12,7 +12,7 @@ import re
 import secrets
 from pathlib import Path
 
-from unclip_cli.cli.serve import HttpError
+from unclip_cli.cli.serve.common import HttpError
 from unclip_cli.errors import UnclipError
 from unclip_cli.pipeline import images
 

@@ -17,7 +17,7 @@ from collections import deque
 from pathlib import Path
 
 from unclip_cli.cli import interrupts
-from unclip_cli.cli.serve import HttpError
+from unclip_cli.cli.serve.common import HttpError
 from unclip_cli.cli.serve.requests import Call, api_words
 from unclip_cli.errors import UnclipError
 

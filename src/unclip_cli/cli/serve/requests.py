@@ -15,7 +15,7 @@ from pathlib import Path
 
 from unclip_cli import options
 from unclip_cli.cli import run, toolkit
-from unclip_cli.cli.serve import Config, HttpError
+from unclip_cli.cli.serve.common import Config, HttpError
 from unclip_cli.cli.serve.files import Folder
 from unclip_cli.errors import UnclipError
 from unclip_cli.pipeline import images

@@ -27,7 +27,8 @@ from starlette.routing import Route
 
 from unclip_cli import __version__, options
 from unclip_cli.cli import run
-from unclip_cli.cli.serve import Config, HttpError, files, jobs, requests
+from unclip_cli.cli.serve import files, jobs, requests
+from unclip_cli.cli.serve.common import Config, HttpError
 from unclip_cli.pipeline import stages as stages_mod
 
 MAX_JSON_BYTES = 64 * 1024
