@@ -10,6 +10,7 @@ The web stack (Starlette, uvicorn, python-multipart) is the optional extra `uncl
 imported only by this command, so `unclip --help` and the other verbs never load it.
 """
 
+import os
 import sys
 
 from unclip_cli.cli import interrupts
@@ -40,6 +41,7 @@ def main(cfg: Config) -> None:
 
     from unclip_cli.cli.serve import web
 
+    os.environ["UNCLIP_QUIET"] = "1"  # no progress bars: the page shows the progress, the log one line per job
     app = web.create_app(cfg)  # opens the model (fails here, in one line, if it cannot)
     if not is_loopback(cfg.host):
         sys.stderr.write(f"warning: serving on {cfg.host}, not 127.0.0.1: anyone who can reach this machine on port "

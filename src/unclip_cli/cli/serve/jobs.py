@@ -146,6 +146,9 @@ class Queue:
                 self._image(job, p)
         with self._lock:
             job.state, job.error, job.stage, job.finished = state, error, None, time.time()
+        n = len(job.images)
+        sys.stderr.write(f"job {job.id} ({job.call.verb}): {state}, {n} image{'s' if n != 1 else ''}"
+                         f"{': ' + error if error else ''}\n")
 
     def _step(self, job: Job, stage: str, done: int, total: int) -> None:
         if job.cancel.is_set():
