@@ -286,6 +286,23 @@ def eval_(
         evaluate.run(model, per_prompt, ablation, seed, size, sampling, device, out, prompts)
 
 
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on (other than 127.0.0.1: reachable by others; "
+                                           "a warning says so).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 7860,
+    model: RUN_OPTIONS["model"][0] = None,
+    outdir: RUN_OPTIONS["outdir"][0] = Path("outputs"),
+    device: Device = "auto",
+    dtype: RUN_OPTIONS["dtype"][0] = "auto",
+):
+    """A web page for generate, edit (paint the area), vary and mix, and its JSON API (needs the serve extra)."""
+    with friendly_errors(interruptible=True):
+        from unclip_cli.cli import serve as web
+
+        web.main(web.Config(host=host, port=port, model=model, outdir=outdir, device=device, dtype=dtype))
+
+
 def main() -> None:
     app()
 

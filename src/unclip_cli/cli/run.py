@@ -8,6 +8,7 @@ import secrets
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,10 @@ class RunArgs:
     batch_size: int | None = None  # images per chunk (None: batches.default_batch_size)
     prompts_file: str | None = None  # a path, or "-" for standard input
     guidelines: Path | None = None
+    # For `unclip serve`: called at every sampling step with (stage, done, total) (it may raise
+    # interrupts.Interrupted to stop the run as a signal would), and with each PNG's path once written.
+    on_step: Callable[[str, int, int], None] | None = None
+    on_image: Callable[[Path], None] | None = None
 
     @classmethod
     def of(cls, kw: dict) -> "RunArgs":
@@ -138,7 +143,8 @@ class StageProgress:
     time to the same total.
     """
 
-    def __init__(self, quiet: bool):
+    def __init__(self, quiet: bool, listener: Callable[[str, int, int], None] | None = None):
+        self.listener = listener
         self.timings: dict[str, float] = {}
         self._start: dict[str, float] = {}
         self._tasks: dict[str, int] = {}
@@ -160,6 +166,8 @@ class StageProgress:
         steps, seconds = self._before[stage]
         self.progress.update(self._tasks[stage], completed=steps + done, total=steps + total)
         self.timings[stage] = round(seconds + now - self._start[stage], 3)
+        if self.listener is not None:
+            self.listener(stage, done, total)
 
 
 def quiet() -> bool:
@@ -327,7 +335,7 @@ def edit(image_path: Path, mask_path: Path | None, prompt: str | None, args: Run
 def run_jobs(jobs, make, args: RunArgs, stages, opts, mode: str, plan: Plan | None = None, extra=None) -> list[Path]:
     """Make the images chunk by chunk (make(chunk, progress) -> PIL images), writing each chunk's PNGs as it
     finishes; print their paths (or, at the end or on an interruption, the JSON). Raises if lines were skipped."""
-    progress = StageProgress(quiet())
+    progress = StageProgress(quiet(), args.on_step)
     written = batches.Written(args.outdir)
     batch = args.batch_size or batches.default_batch_size(stages.paths, stages.device)
     result = (written, stages, opts, progress, batch, plan)
@@ -397,6 +405,8 @@ def _saver(args: RunArgs, stages, opts, mode: str, extra):
         params = _params(mode, job.prompt, job.seed, im, stages, opts, hashes, extra)
         data = images.png_bytes(im, params if args.metadata else None)
         path = images.save_new(args.outdir, f"{job.seed}-{images.slug(job.prompt or mode)}", data)
+        if args.on_image is not None:
+            args.on_image(path)
         if not args.json:
             sys.stdout.write(f"{path}\n")
             sys.stdout.flush()

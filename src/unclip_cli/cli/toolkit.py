@@ -72,7 +72,7 @@ def parse_side(arg: str, name: str) -> tuple[tuple[str, object], str]:
     return ("text", text.strip()), f"text:{text.strip()}"
 
 
-def _check_mix(a: str, b: str, ratio: float | None, frames: int | None) -> list[float]:
+def mix_ratios(a: str, b: str, ratio: float | None, frames: int | None) -> list[float]:
     """The ratios to decode."""
     if ratio is not None and frames is not None:
         raise UnclipError("give --ratio or --frames, not both")
@@ -85,7 +85,7 @@ def _check_mix(a: str, b: str, ratio: float | None, frames: int | None) -> list[
     return [ratio]
 
 
-def _same(sa, sb) -> bool:
+def same_sides(sa, sb) -> bool:
     if sa[0] != sb[0]:
         return False
     if sa[0] == "text":
@@ -94,9 +94,9 @@ def _same(sa, sb) -> bool:
 
 
 def mix(a: str, b: str, ratio: float | None, frames: int | None, args: run.RunArgs) -> list[Path]:
-    ratios = _check_mix(a, b, ratio, frames)
+    ratios = mix_ratios(a, b, ratio, frames)
     (sa, la), (sb, lb) = parse_side(a, "A"), parse_side(b, "B")
-    if _same(sa, sb):
+    if same_sides(sa, sb):
         raise UnclipError(f"A and B are the same {sa[0]}: every frame of the mix would be the same image")
     stages, opts, seeds = run.prepare(args)
     if "text" in (sa[0], sb[0]) and not stages.has("prior"):
@@ -104,7 +104,7 @@ def mix(a: str, b: str, ratio: float | None, frames: int | None, args: run.RunAr
     for kind, value in (sa, sb):
         if kind == "text":
             run.warn_prompt(stages, value)
-    progress = run.StageProgress(run.quiet())
+    progress = run.StageProgress(run.quiet(), args.on_step)
     series = []
     with progress.progress:
         for seed in seeds:

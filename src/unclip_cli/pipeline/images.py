@@ -11,6 +11,7 @@ import contextlib
 import errno
 import itertools
 import json
+import math
 import os
 import re
 import struct
@@ -29,7 +30,6 @@ A1111_KEY = "parameters"
 
 
 MAX_PIXELS = 8192 * 8192  # larger inputs are refused before decoding (a 30000x30000 PNG needs 2.7 GB as RGB)
-LIMIT = f"the limit is {MAX_PIXELS // 10**6} megapixels, e.g. 8192x8192"
 MAX_METADATA_CHARS = 64 * 1024  # `unclip info` reads a JSON chunk up to this size (ours are under 2 kB)
 MAX_JSON_DEPTH = 32  # and nested this deep at most (ours: 2)
 
@@ -41,14 +41,7 @@ def load_image(path: str | Path, what: str = "image") -> Image.Image:
     """
     path = Path(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own, lower limit applies
-            warnings.simplefilter("ignore", UserWarning)  # e.g. PIL's "Corrupt EXIF data": the tag is then not used
-            with Image.open(path) as im:
-                _check_pixels(im.size, path, what)
-                im.seek(0)  # an animation: its first frame
-                im.load()
-                return _eight_bit(_upright(im))
+        return _read(path, f"{what} {path}", MAX_PIXELS)
     except FileNotFoundError:
         raise UnclipError(f"{what} {path} does not exist") from None
     except IsADirectoryError:
@@ -56,9 +49,36 @@ def load_image(path: str | Path, what: str = "image") -> Image.Image:
     except PermissionError:
         raise UnclipError(f"{what} {path} cannot be read (permission denied)") from None
     except Image.DecompressionBombError:  # far over PIL's own limit: refused by Image.open from the header
-        raise UnclipError(f"{what} {path}: image too large ({LIMIT})") from None
+        raise UnclipError(f"{what} {path}: image too large ({limit_text(MAX_PIXELS)})") from None
     except (UnidentifiedImageError, OSError, ValueError, EOFError, SyntaxError) as e:
         raise UnclipError(f"{what} {path} is not a readable image ({_reason(e, path)})") from None
+
+
+def image_from_bytes(data: bytes, what: str, max_pixels: int, formats: tuple[str, ...]) -> Image.Image:
+    """Bytes (an upload) read as `load_image` reads a file, but only in these PIL `formats` and up to
+    `max_pixels` (checked from the header, before decoding); refused with an UnclipError."""
+    if not data:
+        raise UnclipError(f"{what} is empty")
+    try:
+        return _read(BytesIO(data), what, max_pixels, formats)
+    except Image.DecompressionBombError:
+        raise UnclipError(f"{what}: image too large ({limit_text(max_pixels)})") from None
+    except UnidentifiedImageError:
+        raise UnclipError(f"{what} is not an image in a format accepted here ({', '.join(formats)})") from None
+    except (OSError, ValueError, EOFError, SyntaxError) as e:
+        why = "the file is truncated" if "truncated" in str(e).lower() else e.__class__.__name__
+        raise UnclipError(f"{what} is not a readable image ({why})") from None
+
+
+def _read(source, label: str, max_pixels: int, formats: tuple[str, ...] | None = None) -> Image.Image:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own, lower limit applies
+        warnings.simplefilter("ignore", UserWarning)  # e.g. PIL's "Corrupt EXIF data": the tag is then not used
+        with Image.open(source, formats=formats) as im:
+            _check_pixels(im.size, label, max_pixels)
+            im.seek(0)  # an animation: its first frame
+            im.load()
+            return _eight_bit(_upright(im))
 
 
 def _reason(e: Exception, path: Path) -> str:
@@ -75,12 +95,17 @@ def _reason(e: Exception, path: Path) -> str:
     return e.__class__.__name__
 
 
-def _check_pixels(size: tuple[int, int], path: Path, what: str) -> None:
+def limit_text(max_pixels: int) -> str:
+    side = math.isqrt(max_pixels)
+    return f"the limit is {max_pixels // 10**6} megapixels, e.g. {side}x{side}"
+
+
+def _check_pixels(size: tuple[int, int], label: str, max_pixels: int) -> None:
     w, h = size
-    if w * h > MAX_PIXELS:
-        raise UnclipError(f"{what} {path} is {w}x{h}: image too large ({LIMIT})")
+    if w * h > max_pixels:
+        raise UnclipError(f"{label} is {w}x{h}: image too large ({limit_text(max_pixels)})")
     if w < 1 or h < 1:
-        raise UnclipError(f"{what} {path} is {w}x{h}: it has no pixels")
+        raise UnclipError(f"{label} is {w}x{h}: it has no pixels")
 
 
 def _upright(im: Image.Image) -> Image.Image:

@@ -112,6 +112,10 @@ class Stages:
         meta, _ = checkpoint.read_header(self.paths["decoder"], "decoder")
         return int(json.loads(meta["config"]).get("sample_size", 64))
 
+    def sizes(self) -> list[int]:
+        """The output sizes this model makes: the decoder's own, then each upsampler's."""
+        return [self.decoder_size(), *[r for _, r in _needed(self.spec, None)[1]]]
+
     def vocabulary(self) -> list[str] | None:
         """The words the model was trained on (stored in its CLIP file); None when it does not say."""
         if self.spec.format == "diffusers" or "clip" not in self.paths:
