@@ -26,10 +26,12 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
     args = ap.parse_args()
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     if args.threads:
         torch.set_num_threads(args.threads)
-    stages, size = stages_mod.open_model(args.model, "cpu", torch.float32, args.size, keep_loaded=True)
+    stages, size = stages_mod.open_model(args.model, "cpu", dtype, args.size, keep_loaded=True)
     opts = options.resolve(stages.spec.defaults, {}, size)
     runs = []
     for r in range(args.repeats + 1):
@@ -51,10 +53,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-m", "unclip_cli", "generate", "a red square above a blue circle",
-                        "--size", str(size), "--seed", "0", "-o", out, "--device", "cpu"], check=True,
+                        "--size", str(size), "--seed", "0", "-o", out, "--device", "cpu",
+                        "--dtype", args.dtype], check=True,
                        capture_output=True)
         cold = round(time.perf_counter() - t0, 2)
-    print(json.dumps({"size": size, "threads": torch.get_num_threads(), "options": opts.__dict__,
+    print(json.dumps({"size": size, "dtype": args.dtype, "threads": torch.get_num_threads(), "options": opts.__dict__,
                       "in_process_median_s": med, "cold_cli_s": cold}, indent=2))
 
 

@@ -56,3 +56,46 @@ def test_weights_are_cast_as_they_are_read(tmp_path):
 def test_bad_dtype_is_one_line(home, tmp_path):
     r = invoke("generate", "a cat", "--dtype", "fp8", "-o", tmp_path)
     assert r.exit_code == 1 and r.stderr.strip().startswith("error: --dtype")
+
+
+def test_auto_dtype_follows_the_cpu(tmp_path, monkeypatch):
+    from unclip_cli.cli import run as runner
+
+    with_bf16, without = tmp_path / "a", tmp_path / "b"
+    with_bf16.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16 amx_tile\n\n")
+    without.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\nbugs\t\t: avx512_bf16_is_not_a_flag_here\n")
+    assert runner.native_bf16_cpu(str(with_bf16)) and not runner.native_bf16_cpu(str(without))
+    assert not runner.native_bf16_cpu(str(tmp_path / "missing"))
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(runner, "native_bf16_cpu", lambda: True)
+    assert runner.pick_dtype("auto", cpu) == torch.bfloat16 and runner.pick_dtype("auto", cuda) == torch.float16
+    assert runner.pick_dtype("fp32", cpu) == torch.float32
+    monkeypatch.setattr(runner, "native_bf16_cpu", lambda: False)
+    assert runner.pick_dtype("auto", cpu) == torch.float32
+    assert runner.pick_dtype("auto", torch.device("mps")) == torch.float32
+
+
+def test_half_precision_unets_run_channels_last_on_the_cpu(home):
+    from unclip_cli.pipeline import stages as stages_mod
+
+    for dtype, expect in ((torch.bfloat16, True), (torch.float16, True), (torch.float32, False)):
+        stages, _ = stages_mod.open_model(None, torch.device("cpu"), dtype, 256)
+        for name in ("decoder", "sr256"):
+            unet = stages.get(name)
+            convs = [m.weight for m in unet.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+            assert convs and all(w.is_contiguous(memory_format=torch.channels_last) == expect for w in convs)
+            assert all(not w.is_contiguous() for w in convs) == expect
+            assert {p.dtype for p in unet.parameters()} == {dtype}
+            stages.release(name)
+
+
+def test_png_and_json_record_dtype_and_spacing(home, tmp_path):
+    from unclip_cli.pipeline import images
+
+    out = run_ok("generate", "a cat", "--dtype", "bf16", "--sampler", "dpmpp_2m", "--spacing", "logsnr", *FAST,
+                 "-s", 3, "-o", tmp_path)
+    params, text = images.read_params(out["images"][0]["path"])
+    assert "Schedule type: logsnr" in text and "Precision: bf16" in text
+    assert params["dtype"] == "bf16" and params["spacing"] == "logsnr" and params["sampler"] == "dpmpp_2m"
+    r = invoke("generate", "a cat", "--spacing", "karras", *FAST, "-o", tmp_path / "x")
+    assert r.exit_code == 1 and r.stderr.strip() == "error: --spacing must be uniform or logsnr, got 'karras'"

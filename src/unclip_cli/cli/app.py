@@ -274,6 +274,7 @@ def eval_(
     seed: Annotated[int, typer.Option(help="Seed of each prompt's first image.")] = 0,
     size: Annotated[Optional[int], typer.Option(help="Judge images at this size (default: the decoder's own, fastest).")] = None,
     device: Device = "auto",
+    dtype: RUN_OPTIONS["dtype"][0] = "auto",
     out: Annotated[Optional[Path], typer.Option(help="Also write the results as JSON here.")] = None,
     prompts: Annotated[Optional[Path], typer.Option(
         help="Judge these prompts instead (shapes-world captions, one a line, # comments).")] = None,
@@ -283,7 +284,7 @@ def eval_(
     with friendly_errors(interruptible=True):
         from unclip_cli.cli import evaluate
 
-        evaluate.run(model, per_prompt, ablation, seed, size, sampling, device, out, prompts)
+        evaluate.run(model, per_prompt, ablation, seed, size, sampling, device, out, prompts, dtype)
 
 
 @app.command()

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from unclip_cli.cli import interrupts
-from unclip_cli.cli.run import StageProgress, pick_device, quiet
+from unclip_cli.cli.run import StageProgress, dtype_name, pick_device, pick_dtype, quiet
 from unclip_cli.errors import UnclipError
 from unclip_cli import options
 from unclip_cli.pipeline import images, stages as stages_mod
@@ -37,14 +37,14 @@ def read_prompts(path: Path) -> list[tuple[str, bool]]:
 
 
 def run(model, per_prompt: int, ablation: bool, seed: int, size: int | None, sampling: dict, device: str, out,
-        prompts_file: Path | None = None) -> dict:
+        prompts_file: Path | None = None, dtype: str = "auto") -> dict:
     if problem := options.first_problem(sampling):
         raise UnclipError(problem)
     if per_prompt < 1:
         raise UnclipError(f"--per-prompt must be at least 1, got {per_prompt}")
     prompts = read_prompts(prompts_file) if prompts_file else None
     dev = pick_device(device)
-    stages, _ = stages_mod.open_model(model, dev, torch.float32, size, keep_loaded=True)
+    stages, _ = stages_mod.open_model(model, dev, pick_dtype(dtype, dev), size, keep_loaded=True)
     size = size or stages.decoder_size()
     opts = options.resolve(stages.spec.defaults, sampling, size)
     modes = ("caption", "text_embed", "prior") if ablation else ("prior",)
@@ -57,6 +57,7 @@ def run(model, per_prompt: int, ablation: bool, seed: int, size: int | None, sam
         e.message = "interrupted: no results written (unclip eval writes its table at the end)"
         raise
     results = {"model": stages.spec.name, "per_prompt": per_prompt, "seed": seed, "size": size,
+               "dtype": dtype_name(stages.dtype),
                "prompts": str(prompts_file) if prompts_file else "held-out", "options": {o.name: getattr(opts, o.name) for o in options.SAMPLING}, "modes": results}
     print_eval(results)
     if out:

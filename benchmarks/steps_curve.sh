@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Steps-vs-accuracy curve on `shapes` (issue: faster than diffusers): `unclip eval` (30 held-out prompts, prior
+# conditioning, judged at the decoder's 32 px) per dtype / sampler / spacing / steps, one JSON per setting in
+# benchmarks/results/steps/. Usage: bash benchmarks/steps_curve.sh [PER_PROMPT] (default 16; seed 1000).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-16}
+OUT=benchmarks/results/steps
+mkdir -p "$OUT"
+UNCLIP=${UNCLIP:-.venv/bin/unclip}
+run() {  # name, then eval flags
+  local name=$1; shift
+  [ -f "$OUT/$name.json" ] && return 0
+  /usr/bin/time -f "$name %e s" "$UNCLIP" eval shapes --per-prompt "$N" --seed 1000 --device cpu "$@" --out "$OUT/$name.json" >/dev/null
+}
+run fp32-ddpm-25 --dtype fp32 --sampler ddpm --prior-steps 25 --decoder-steps 25
+run bf16-ddpm-25 --dtype bf16 --sampler ddpm --prior-steps 25 --decoder-steps 25
+for s in 5 8 12 25; do
+  run "bf16-dpmpp_2m-logsnr-$s" --dtype bf16 --sampler dpmpp_2m --spacing logsnr --prior-steps "$s" --decoder-steps "$s"
+done
+run bf16-dpmpp_2m-uniform-12 --dtype bf16 --sampler dpmpp_2m --spacing uniform --prior-steps 12 --decoder-steps 12
+run bf16-ddim-12 --dtype bf16 --sampler ddim --prior-steps 12 --decoder-steps 12
