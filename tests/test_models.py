@@ -198,7 +198,7 @@ def test_channels_last_unet_computes_the_same(decoder, text_proj):
     import copy
 
     text = text_inputs(real_tokens=(6, 20))
-    cl = copy.deepcopy(decoder).to(memory_format=torch.channels_last)
+    cl = copy.deepcopy(decoder).to_channels_last()
     seen = []
     hooks = [a.register_forward_hook(lambda m, i, o: seen.append(o.is_contiguous(memory_format=torch.channels_last)))
              for blk in cl.down_blocks if blk.attentions is not None for a in blk.attentions]

@@ -91,6 +91,8 @@ class ResBlock(nn.Module):
 class AttentionBlock(nn.Module):
     """Self-attention over pixels whose keys/values are prefixed by projected context tokens."""
 
+    pixels_last = False  # set by UNet.to_channels_last: take [B, H, W, C] tensors as tokens without copies
+
     def __init__(self, cfg: UNetConfig, channels: int):
         super().__init__()
         self.heads = channels // cfg.attention_head_dim
@@ -106,7 +108,7 @@ class AttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
         """x: [B, C, H, W]; context: [B, N, context_dim]; bias: [B, N] additive (0 or -10000)."""
         B, C, H, W = x.shape
-        pixels_last = _channels_last(x)
+        pixels_last = self.pixels_last and _channels_last(x)
         if pixels_last:  # [B, H, W, C] in memory: the tokens are a view, no copy either way
             h = self.group_norm(x).permute(0, 2, 3, 1).reshape(B, H * W, C)
         else:
@@ -200,6 +202,18 @@ class UNet(nn.Module):
 
         self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, chs[0], eps=cfg.norm_eps)
         self.conv_out = nn.Conv2d(chs[0], cfg.out_channels, 3, padding=1)
+
+    def to_channels_last(self) -> "UNet":
+        """Lay the 4-D weights out channels_last (in place) and let attention read that layout as tokens.
+
+        Faster for oneDNN's bf16/fp16 convolutions on the CPU; not used in fp32, where the plain layout
+        keeps Karlo's decoder bit for bit equal to diffusers' (whose attention output is channels-last
+        strided, so the attention blocks must not switch kernels on the input's layout alone)."""
+        self.to(memory_format=torch.channels_last)
+        for m in self.modules():
+            if isinstance(m, AttentionBlock):
+                m.pixels_last = True
+        return self
 
     def forward(
         self,

@@ -73,7 +73,7 @@ class Stages:
             self._loaded[stage] = module
         module = self._loaded[stage]
         if self.channels_last and isinstance(module, UNet) and not getattr(module, "_channels_last", False):
-            module.to(memory_format=torch.channels_last)  # in place: 4-D weights re-laid, nothing else changes
+            module.to_channels_last()  # in place: 4-D weights re-laid, nothing else changes
             module._channels_last = True
         return module
 
