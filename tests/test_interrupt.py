@@ -149,6 +149,15 @@ def mix_files(out: Path) -> dict[int, list[str]]:
     return {seed: sorted(kinds) for seed, kinds in series.items()}
 
 
+def two_images(tmp_path: Path) -> tuple[Path, Path]:
+    """Two different pictures for `unclip mix` (images, not texts: no prior, and never the same embedding)."""
+    from test_cli import source_image
+
+    a = source_image(tmp_path / "a.png", 64)
+    Image.open(a).transpose(Image.Transpose.ROTATE_90).save(tmp_path / "b.png")
+    return a, tmp_path / "b.png"
+
+
 def test_signal_mid_mix_keeps_the_finished_series(home, tmp_path, monkeypatch):
     """`unclip mix` is written series by series: a signal during the second series' frames keeps the first
     series whole (its frames and GIF), drops the second, and says what was written."""
@@ -156,7 +165,7 @@ def test_signal_mid_mix_keeps_the_finished_series(home, tmp_path, monkeypatch):
 
     kill_on_call(monkeypatch, cascade, "decoder_stage", 3, signal.SIGTERM)  # series 2, frame 1
     out = tmp_path / "out"
-    r = invoke("mix", "a red dot", "a blue dot", "--frames", 2, "-n", 3, "--seed", 7, "--batch-size", 1, *FAST, "-o", out,
+    r = invoke("mix", *two_images(tmp_path), "--frames", 2, "-n", 3, "--seed", 7, "--batch-size", 1, *FAST, "-o", out,
                "--json")
     assert r.exit_code == 143, r.stderr
     assert mix_files(out) == {7: [".gif", ".png", ".png"]}
@@ -175,12 +184,13 @@ def test_mix_is_written_chunk_by_chunk(home, tmp_path, monkeypatch):
     monkeypatch.setattr(cascade, "decoder_stage", lambda *a, **k: on_disk.append(len(list(out.glob("*")))
                                                                                  if out.exists() else 0)
                         or decoder_stage(*a, **k))
-    assert invoke("mix", "a red dot", "a blue dot", "--frames", 8, "-n", 2, *FAST, "-o", out).exit_code == 0
+    a, b = two_images(tmp_path)
+    assert invoke("mix", a, b, "--frames", 8, "-n", 2, *FAST, "-o", out).exit_code == 0
     assert on_disk == [0] * 8 + [9] * 8
     real = images._write_synced
     monkeypatch.setattr(images, "_write_synced",
                         lambda path, data: (os.kill(os.getpid(), signal.SIGINT), real(path, data))[1])
-    r = invoke("mix", "a red dot", "a blue dot", "--frames", 3, "-n", 2, "--seed", 4, *FAST, "-o", tmp_path / "sig")
+    r = invoke("mix", a, b, "--frames", 3, "-n", 2, "--seed", 4, *FAST, "-o", tmp_path / "sig")
     assert r.exit_code == 130 and mix_files(tmp_path / "sig") == {4: [".gif", ".png", ".png", ".png"]}
     assert r.stderr.strip() == f"interrupted: 3 images and 1 GIF written to {tmp_path / 'sig'}"
 
@@ -316,7 +326,7 @@ def test_disk_full_mid_series_keeps_whole_series_only(home, tmp_path, monkeypatc
     first frame and keeps the first series (3 frames and the GIF)."""
     out = tmp_path / "out"
     fail_writes(monkeypatch, 5)
-    r = invoke("mix", "a red dot", "a blue dot", "--frames", 3, "-n", 2, "--seed", 1, "--batch-size", 1, *FAST, "-o", out)
+    r = invoke("mix", *two_images(tmp_path), "--frames", 3, "-n", 2, "--seed", 1, "--batch-size", 1, *FAST, "-o", out)
     assert r.exit_code == 1 and "Traceback" not in r.stderr
     assert r.stderr.strip() == (f"error: no space left on device writing to {out}; "
                                 f"3 images and 1 GIF written to {out} before")
