@@ -307,31 +307,6 @@ def generate(stages: Stages, prompts: list[str], opts: Options, gens, report: Re
     return upsample_all(stages, x, opts, gens, report, loop=loop)
 
 
-def _negative_branch(neg_embed, i) -> dict:
-    """decoder_stage's keywords for rows i: the negative's image embedding, rescaled guidance (none: {})."""
-    return {} if neg_embed is None else {"uncond_embed": neg_embed[i], "rescale": NEGATIVE_RESCALE}
-
-
-def generate(stages: Stages, prompts: list[str], opts: Options, gens, report: Report = _noop, *,
-             one_by_one: bool = False, negative: list[str] | None = None):
-    """Images [B, 3, size, size] for prompts (one per generator); `negative`: a negative prompt per prompt."""
-    loop = _looper(stages, gens, one_by_one)
-    text, uncond, image_embed, neg_embed = _conditions(stages, prompts, negative, opts, loop, report, one_by_one)
-    x = loop(lambda i, g: decoder_stage(stages, image_embed[i], text(i), uncond(i), opts, g, report,
-                                        **_negative_branch(neg_embed, i)))
-    return upsample_all(stages, x, opts, gens, report, loop=loop)
-
-
-def vary(stages: Stages, images, opts: Options, gens, report: Report = _noop, *, one_by_one: bool = False):
-    """Variations: each image's CLIP embedding goes to the decoder with an empty caption."""
-    image_embed = encode_images(stages, images)
-    text, _ = encode_text(stages, [""] * len(images))
-    stages.release("clip")
-    loop = _looper(stages, gens, one_by_one)
-    x = loop(lambda i, g: decoder_stage(stages, image_embed, text, text, opts, g, report))
-    return upsample_all(stages, x, opts, gens, report, loop=loop)
-
-
 def edit(stages: Stages, image: torch.Tensor, edit_mask: torch.Tensor, prompts: list[str], opts: Options, gens,
          report: Report = _noop, *, one_by_one: bool = False, negative: list[str] | None = None):
     """Regenerate the masked area. image: [B, 3, S, S] in [-1, 1] at opts.size; edit_mask: [B, 1, S, S] bool.
