@@ -1,6 +1,7 @@
 """Measure vary --strength, mix, text diffs and --negative-prompt on the bundled `shapes` model with its judge.
 
-Usage: python benchmarks/toolkit_shapes.py [--n 16] [--series-n 8] [--frames 7] [--neg-n 32] [--out benchmarks/results/toolkit_shapes.json]
+Usage: python benchmarks/toolkit_shapes.py [--n 16] [--series-n 8] [--frames 7] [--neg-n 32] [--only vary,mix,diff,negative]
+       [--prior-file PATH] [--out benchmarks/results/toolkit_shapes.json]
 
 Images are judged at the decoder's own size (32 px for shapes; the judge is right on 97.9% of true 32 px
 renders, README). The model's default sampling options (weights.toml) are used. Inputs are true renders
@@ -15,16 +16,19 @@ the CLI's one-image-at-a-time, so single images differ slightly from the CLI's, 
    series decoded with the same noise; per series the judged label (colour+shape) per frame, and whether it
    changes exactly once, from A's label to B's (frames judged as neither count against it).
 3. text diffs: an image of A, --from A --toward B, amounts 0..1; the same check on the series.
-4. negative prompt: "a circle" with and without --negative-prompt "red": share of images whose object is red.
+4. negative prompt: "a circle" and "a square" without a negative prompt, and with negatives naming the colour
+   they are often drawn in, each with plain Kandinsky guidance (rescale 0) and with `--negative-prompt`'s
+   guidance rescale: shares of images with the negative's colour, with the asked shape, with no object, with
+   exactly one object; background level and grain. --prior-file measures another prior (e.g. an earlier one).
 Prints progress to stderr and writes one JSON object.
 """
 
 import argparse
-import dataclasses
 import itertools
 import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -193,22 +197,52 @@ def measure_text_diff(stages, opts, n: int, frames: int) -> dict:
     return {"amounts": amounts, "cases": out}
 
 
-def measure_negative(stages, opts, n: int, negatives=(None, "red")) -> dict:
+NEGATIVE_CASES = (("a circle", "circle", ("red", "orange")), ("a square", "square", ("purple",)))
+
+
+def background(im) -> tuple[float, float]:
+    """(level, grain) of the pixels the judge calls background: their mean offset from the world's background
+    colour and their standard deviation (RGB 0-255, mean over channels; a true render: (0, 0))."""
+    rgb = np.asarray(im.convert("RGB"), dtype=np.float32)
+    px = rgb[judge._segment(rgb) == 0]
+    if not len(px):
+        return float("nan"), float("nan")
+    return float((px.mean(0) - np.array(world.BACKGROUND, dtype=np.float32)).mean()), float(px.std(0).mean())
+
+
+def judge_negative(pils, shape: str, neg: str | None) -> dict:
+    """Shares of images with an object of the negative's colour, with the asked shape, with no object (noise),
+    with exactly one object; the mean background level and grain (`background`)."""
+    found = [judge.detect(p) for p in pils]
+    share = lambda ok: round(float(np.mean([ok(f) for f in found])), 4)  # noqa: E731
+    colours = sorted({o["color"] for f in found for o in f})
+    return {"negative_colour": share(lambda f: any(o["color"] == neg for o in f)) if neg else None,
+            "colours": {c: share(lambda f, c=c: any(o["color"] == c for o in f)) for c in colours},
+            "shape": share(lambda f: any(o["shape"] == shape for o in f)), "no_object": share(lambda f: not f),
+            "one_object": share(lambda f: len(f) == 1),
+            **dict(zip(("background_level", "background_grain"),
+                       np.round(np.nanmean([background(p) for p in pils], axis=0), 2).tolist())),
+            "labels": [[f"{o['color']} {o['shape']}" for o in f] for f in found]}
+
+
+def measure_negative(stages, opts, n: int, cases=NEGATIVE_CASES, rescales=(0.0, cascade.NEGATIVE_RESCALE)) -> dict:
+    """Each prompt without a negative prompt, then with each negative under each guidance rescale
+    (0.0 = Kandinsky's pattern alone, as before the fix; cascade.NEGATIVE_RESCALE = `--negative-prompt` now)."""
     out = {}
-    for neg in negatives:
-        t = time.perf_counter()
-        x = cascade.generate(stages, ["a circle"] * n, opts, gens(range(n)), negative=None if neg is None else [neg] * n)
-        found = [judge.detect(p) for p in images.to_pil(x)]
-        red_circle = [any(o["color"] == "red" and o["shape"] == "circle" for o in f) for f in found]
-        red_any = [any(o["color"] == "red" for o in f) for f in found]
-        circle = [any(o["shape"] == "circle" for o in f) for f in found]
-        key = f"negative '{neg}'" if neg else "no negative"
-        out[key] = {"red_circle": round(float(np.mean(red_circle)), 4), "any_red": round(float(np.mean(red_any)), 4),
-                    "any_circle": round(float(np.mean(circle)), 4),
-                    "labels": [[f"{o['color']} {o['shape']}" for o in f] for f in found]}
-        log(f"negative {neg}: red circle {np.mean(red_circle):.3f}, red {np.mean(red_any):.3f}, circle "
-            f"{np.mean(circle):.3f} ({time.perf_counter() - t:.0f} s)")
-    return {"prompt": "a circle", "images_per_setting": n, "settings": out}
+    default = cascade.NEGATIVE_RESCALE
+    try:
+        for prompt, shape, negs in cases:
+            for neg, rescale in [(None, None)] + [(g, r) for g in negs for r in rescales]:
+                t = time.perf_counter()
+                cascade.NEGATIVE_RESCALE = default if rescale is None else rescale
+                x = cascade.generate(stages, [prompt] * n, opts, gens(range(n)), negative=None if neg is None else [neg] * n)
+                key = f"{prompt} | " + (f"negative '{neg}', rescale {rescale}" if neg else "no negative")
+                out[key] = judge_negative(images.to_pil(x), shape, neg)
+                log(f"{key}: " + ", ".join(f"{k} {v}" for k, v in out[key].items() if k != "labels")
+                    + f" ({time.perf_counter() - t:.0f} s)")
+    finally:
+        cascade.NEGATIVE_RESCALE = default
+    return {"images_per_setting": n, "settings": out}
 
 
 def main() -> None:
@@ -217,18 +251,23 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=16, help="seeds per setting (vary, mix, text diffs)")
     ap.add_argument("--series-n", type=int, default=8, help="seeds (series) per mix / text-diff case")
     ap.add_argument("--neg-n", type=int, default=32, help="seeds per setting for the negative prompt")
+    ap.add_argument("--neg-prompts", default=",".join(c[0] for c in NEGATIVE_CASES), help="which negative-prompt cases")
     ap.add_argument("--frames", type=int, default=7)
     ap.add_argument("--strengths", default="1.0,0.8,0.6,0.4")
     ap.add_argument("--only", default="vary,mix,diff,negative")
     ap.add_argument("--out", default="benchmarks/results/toolkit_shapes.json")
     ap.add_argument("--reanalyze", action="store_true", help="only add per-attribute summaries to --out")
+    ap.add_argument("--prior-file", help="sample with this prior instead of the bundled one (e.g. an earlier "
+                    "one: git show 490b26c^:src/unclip_cli/bundled/shapes/prior.safetensors > old_prior.safetensors)")
     args = ap.parse_args()
     if args.reanalyze:
         return reanalyze(args.out)
     stages, size = stages_mod.open_model(args.model, "cpu", torch.float32, None, keep_loaded=True)
+    if args.prior_file:
+        stages.paths["prior"] = Path(args.prior_file)
     S = stages.decoder_size()
     opts = options.resolve(stages.spec.defaults, {}, S)
-    result = {"model": args.model, "size": S, "options": {k: getattr(opts, k) for k in options.BY_NAME},
+    result = {"model": args.model, "prior_file": args.prior_file, "size": S, "options": {k: getattr(opts, k) for k in options.BY_NAME},
               "threads": torch.get_num_threads()}
     only = args.only.split(",")
     t0 = time.perf_counter()
@@ -239,12 +278,8 @@ def main() -> None:
     if "diff" in only:
         result["text_diff"] = measure_text_diff(stages, opts, args.series_n, args.frames)
     if "negative" in only:
-        result["negative"] = measure_negative(stages, opts, args.neg_n)
-    if "negative-guidance" in only:  # the negative prompt at lower guidance, and against the colour drawn
-        for pg, dg in ((3.0, 3.0), (1.5, 1.5), (1.0, 3.0)):
-            o = dataclasses.replace(opts, prior_guidance=pg, decoder_guidance=dg)
-            negs = (None, "red", "orange") if (pg, dg) != (3.0, 3.0) else ("orange",)
-            result[f"negative_guidance_{pg}_{dg}"] = measure_negative(stages, o, args.neg_n, negs)
+        cases = [c for c in NEGATIVE_CASES if c[0] in args.neg_prompts.split(",")]
+        result["negative"] = measure_negative(stages, opts, args.neg_n, cases)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)

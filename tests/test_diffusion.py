@@ -268,6 +268,27 @@ def test_guided():
     assert torch.equal(out[:, 3:], cond[:, 3:])
 
 
+def test_guidance_rescale_gives_each_row_the_conditional_std():
+    """Guidance rescale (Lin et al.): rescale 1 scales each guided row to the std of its conditional row,
+    keeping its direction; 0.5 is halfway; 0 is plain guidance, exactly; variance channels untouched."""
+    g = torch.Generator().manual_seed(0)
+    u_out, c_out = torch.randn(2, 6, 4, 4, generator=g), 0.3 * torch.randn(2, 6, 4, 4, generator=g)
+    net2 = lambda x2, t: torch.cat([u_out, c_out])  # noqa: E731
+    plain = S.guided(net2, 3.0, guided_channels=3)(torch.zeros(2, 6, 4, 4), 5)
+    assert torch.equal(S.guided(net2, 3.0, guided_channels=3, rescale=0.0)(torch.zeros(2, 6, 4, 4), 5), plain)
+    out = S.guided(net2, 3.0, guided_channels=3, rescale=1.0)(torch.zeros(2, 6, 4, 4), 5)
+    for k in range(2):
+        torch.testing.assert_close(out[k, :3].std(), c_out[k, :3].std())
+        assert plain[k, :3].std() > 2 * c_out[k, :3].std()  # guidance alone made it much larger
+        torch.testing.assert_close(out[k, :3] / out[k, :3].norm(), plain[k, :3] / plain[k, :3].norm())
+    assert torch.equal(out[:, 3:], c_out[:, 3:])
+    half = S.guided(net2, 3.0, guided_channels=3, rescale=0.5)(torch.zeros(2, 6, 4, 4), 5)
+    torch.testing.assert_close(half[:, :3], (out[:, :3] + plain[:, :3]) / 2)
+    # a vector stage (the prior: [B, D], every channel guided)
+    vec = S.guided(lambda x2, t: torch.cat([u_out.flatten(1), c_out.flatten(1)]), 3.0, rescale=1.0)(torch.zeros(2, 96), 5)
+    torch.testing.assert_close(vec.std(dim=1), c_out.flatten(1).std(dim=1))
+
+
 def test_denoiser_epsilon_with_learned_variance_and_clamp():
     x = torch.randn(2, 3, 4, 4)
     eps = torch.randn(2, 3, 4, 4)

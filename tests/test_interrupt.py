@@ -134,6 +134,67 @@ def test_signal_mid_run_keeps_the_finished_images(home, tmp_path, monkeypatch, v
     assert r.stderr.strip() == f"interrupted: 2 images written to {out}"
 
 
+MIX_NAME = re.compile(r"^\d{5}-(\d+)-mix(-[0-9.]+)?\.(png|gif)$")
+
+
+def mix_files(out: Path) -> dict[int, list[str]]:
+    """The files of `unclip mix` in `out` by seed, each complete (PNG CRCs checked; GIFs decoded)."""
+    series = {}
+    for p in sorted(out.iterdir()):
+        m = MIX_NAME.match(p.name)
+        assert m, f"unexpected file {p.name}"
+        with Image.open(p) as im:
+            im.load()
+        series.setdefault(int(m.group(1)), []).append(p.suffix)
+    return {seed: sorted(kinds) for seed, kinds in series.items()}
+
+
+def two_images(tmp_path: Path) -> tuple[Path, Path]:
+    """Two different pictures for `unclip mix` (images, not texts: no prior, and never the same embedding)."""
+    from test_cli import source_image
+
+    a = source_image(tmp_path / "a.png", 64)
+    Image.open(a).transpose(Image.Transpose.ROTATE_90).save(tmp_path / "b.png")
+    return a, tmp_path / "b.png"
+
+
+def test_signal_mid_mix_keeps_the_finished_series(home, tmp_path, monkeypatch):
+    """`unclip mix` is written series by series: a signal during the second series' frames keeps the first
+    series whole (its frames and GIF), drops the second, and says what was written."""
+    from unclip_cli.pipeline import cascade
+
+    kill_on_call(monkeypatch, cascade, "decoder_stage", 3, signal.SIGTERM)  # series 2, frame 1
+    out = tmp_path / "out"
+    r = invoke("mix", *two_images(tmp_path), "--frames", 2, "-n", 3, "--seed", 7, "--batch-size", 1, *FAST, "-o", out,
+               "--json")
+    assert r.exit_code == 143, r.stderr
+    assert mix_files(out) == {7: [".gif", ".png", ".png"]}
+    assert r.stderr.strip() == f"interrupted: 2 images and 1 GIF written to {out}"
+    res = json.loads(r.stdout)
+    assert res["interrupted"] == "SIGTERM" and [im["ratio"] for im in res["images"]] == [0, 1] and len(res["gifs"]) == 1
+
+
+def test_mix_is_written_chunk_by_chunk(home, tmp_path, monkeypatch):
+    """Each chunk's series is on disk before the next chunk samples (by default one series a chunk here:
+    8 images a chunk / 8 frames); a signal while a series is being written waits until the whole series is."""
+    from unclip_cli.pipeline import cascade, images
+
+    out, on_disk = tmp_path / "out", []
+    decoder_stage = cascade.decoder_stage
+    monkeypatch.setattr(cascade, "decoder_stage", lambda *a, **k: on_disk.append(len(list(out.glob("*")))
+                                                                                 if out.exists() else 0)
+                        or decoder_stage(*a, **k))
+    a, b = two_images(tmp_path)
+    assert invoke("mix", a, b, "--frames", 8, "-n", 2, *FAST, "-o", out).exit_code == 0
+    assert on_disk == [0] * 8 + [9] * 8
+    real = images._write_synced
+    monkeypatch.setattr(images, "_write_synced",
+                        lambda path, data: (os.kill(os.getpid(), signal.SIGINT), real(path, data))[1])
+    r = invoke("mix", a, b, "--frames", 3, "-n", 2, "--seed", 4, *FAST, "-o", tmp_path / "sig")
+    assert r.exit_code == 130 and mix_files(tmp_path / "sig") == {4: [".gif", ".png", ".png", ".png"]}
+    assert r.stderr.strip() == f"interrupted: 3 images and 1 GIF written to {tmp_path / 'sig'}"
+
+
 def test_a_signal_during_a_write_lets_the_file_finish(home, tmp_path, monkeypatch):
     """A signal that arrives while a PNG is being written waits until the file is in place and counted."""
     from unclip_cli.pipeline import images
@@ -257,3 +318,16 @@ def test_two_processes_writing_into_one_folder_never_clobber(tmp_path):
     assert len(files) == 50 and all(re.match(r"^\d{5}-[12]-x\.png$", p.name) for p in files)
     contents = {p.read_bytes() for p in files}
     assert contents == {f"{tag}:{i}".encode() * 1000 for tag in (1, 2) for i in range(25)}
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+def test_disk_full_mid_series_keeps_whole_series_only(home, tmp_path, monkeypatch):
+    """A mix series is written whole or not at all: a full disk at the second series' second frame removes its
+    first frame and keeps the first series (3 frames and the GIF)."""
+    out = tmp_path / "out"
+    fail_writes(monkeypatch, 5)
+    r = invoke("mix", *two_images(tmp_path), "--frames", 3, "-n", 2, "--seed", 1, "--batch-size", 1, *FAST, "-o", out)
+    assert r.exit_code == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == (f"error: no space left on device writing to {out}; "
+                                f"3 images and 1 GIF written to {out} before")
+    assert mix_files(out) == {1: [".gif", ".png", ".png", ".png"]}

@@ -82,15 +82,22 @@ def test_noised_start_takes_the_last_steps_and_noises_the_image_to_the_first():
 # --------------------------------------------------------------------------- vary --strength / --prompt / --toward
 
 
-def test_default_steer_is_exactly_plain_vary(home, tmp_path):
-    """The pipeline path the verb now takes computes what cascade.vary did, bit for bit."""
+def test_default_steer_is_exactly_plain_vary(home, tmp_path, monkeypatch):
+    """Plain vary: the image's own CLIP embedding and the empty caption go to the decoder (no start image),
+    and every generator's image is the one it makes alone."""
     stages, _ = stages_mod.open_model(None, torch.device("cpu"), torch.float32, 256, keep_loaded=True)
     opts = Options(decoder_steps=2, sr_steps=2, size=256)
     src = Image.open(source_image(tmp_path / "src.png", 64))
-    gens = lambda: [torch.Generator().manual_seed(s) for s in (5, 6)]  # noqa: E731
-    old = cascade.vary(stages, [src], opts, gens(), one_by_one=True)
-    new = toolkit.vary(stages, src, opts, gens())
-    assert torch.equal(old, new)
+    gens = lambda *seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
+    seen, decoder_stage = [], cascade.decoder_stage
+    monkeypatch.setattr(cascade, "decoder_stage", lambda *a, **k: seen.append((a, k)) or decoder_stage(*a, **k))
+    both = toolkit.vary(stages, src, opts, gens(5, 6))
+    (embed, caption, uncond), kw = seen[0][0][1:4], seen[0][1]
+    assert torch.equal(embed, cascade.encode_images(stages, [src]))
+    empty = cascade.encode_text(stages, [""])[0]
+    assert torch.equal(caption.embed, empty.embed) and torch.equal(uncond.tokens, empty.tokens)
+    assert kw.get("start") is None and "uncond_embed" not in kw
+    assert torch.equal(both, torch.cat([toolkit.vary(stages, src, opts, gens(5)), toolkit.vary(stages, src, opts, gens(6))]))
 
 
 def test_strength_one_is_plain_vary_bit_identically(home, tmp_path):
@@ -315,6 +322,22 @@ def test_negative_prompt_is_the_priors_uncond_and_its_embedding_the_decoders_unc
     assert torch.equal(fresh, neg_out)
 
 
+def test_negative_prompt_rescales_guidance_in_both_stages_only(home, tmp_path, monkeypatch):
+    """With a negative prompt the guided prior (away from the negative) and the guided decoder are rescaled;
+    the negative's own prior embedding, and everything without a negative prompt, is plainly guided."""
+    from unclip_cli.diffusion import samplers
+
+    seen, guided = [], samplers.guided
+    monkeypatch.setattr(samplers, "guided", lambda net, scale, ch=None, rescale=0.0: seen.append(rescale) or
+                        guided(net, scale, ch, rescale))
+    base = ["generate", "a red circle", *SMALL, *FAST, "--seed", 5]
+    run_ok(*base, "--outdir", tmp_path / "none")
+    assert seen == [0.0, 0.0]  # prior, decoder
+    seen.clear()
+    run_ok(*base, "--negative-prompt", "red", "--outdir", tmp_path / "neg")
+    assert seen == [0.0, cascade.NEGATIVE_RESCALE, cascade.NEGATIVE_RESCALE] and cascade.NEGATIVE_RESCALE > 0
+
+
 # --------------------------------------------------------------------------- Karlo layout (prior + image tower)
 
 
@@ -377,11 +400,31 @@ def test_shapes_strength_keeps_the_input_close(tmp_path, monkeypatch):
     assert dist[0.2] < 20 and dist[0.2] < dist[1.0] / 2, dist
 
 
-def test_shapes_mix_and_negative_run(tmp_path, monkeypatch):
+def test_shapes_mix_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("UNCLIP_QUIET", "1")
     out = run_ok("mix", "a large red circle", "a large blue square", "--frames", 2, "--model", "shapes", "--size", 32,
                  "--prior-steps", 5, "--decoder-steps", 5, "--seed", 0, "--outdir", tmp_path / "mix")
     assert len(out["images"]) == 2
-    out = run_ok("generate", "a circle", "--negative-prompt", "red", "--model", "shapes", "--size", 32,
-                 "--prior-steps", 5, "--decoder-steps", 5, "--seed", 0, "--outdir", tmp_path / "neg")
-    assert params_of(out["images"][0]["path"])["negative_prompt"] == "red"
+
+
+def test_shapes_negative_prompt_removes_its_colour_and_keeps_the_embedding_length(tmp_path, monkeypatch):
+    """"a circle" is mostly drawn red on shapes; with --negative-prompt "red" the prior's embedding keeps the
+    length of a plain one (plain Kandinsky guidance made it 2.2x longer, and ~3x with the earlier prior: all
+    noise), no image is red, and the images still show circles (README, "Negative prompts")."""
+    from unclip_cli.shapes import judge
+
+    monkeypatch.setenv("UNCLIP_QUIET", "1")
+    prior_out, prior_stage = [], cascade.prior_stage
+    monkeypatch.setattr(cascade, "prior_stage", lambda *a, **k: prior_out.append(prior_stage(*a, **k)) or prior_out[-1])
+    found = {}
+    for neg in ("", "red"):
+        out = run_ok("generate", "a circle", "--negative-prompt", neg, "-n", 4, "--model", "shapes", "--size", 32,
+                     "--seed", 0, "--outdir", tmp_path / (neg or "none"))
+        found[neg] = [judge.detect(Image.open(r["path"])) for r in out["images"]]
+    plain = torch.cat(prior_out[:4]).norm(dim=-1)
+    negative = torch.cat(prior_out[5::2]).norm(dim=-1)  # after each image's prior of "red" itself
+    assert (negative / plain).max() < 1.3, (plain, negative)
+    assert sum(any(o["color"] == "red" for o in f) for f in found[""]) >= 2  # there is red to remove
+    assert not any(o["color"] == "red" for f in found["red"] for o in f), found["red"]
+    assert all(found["red"]), "every image shows an object (with plain Kandinsky guidance and the earlier prior: noise)"
+    assert sum(any(o["shape"] == "circle" for o in f) for f in found["red"]) >= 3, found["red"]

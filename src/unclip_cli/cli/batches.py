@@ -5,6 +5,9 @@ Inside a chunk each image is still sampled alone, as a batch of one (`cascade` o
 image's pixels depend only on its seed and options, never on the chunk size. Running out of memory
 becomes one line naming the stage; SIGINT/SIGTERM (`interrupts.Interrupted`) get the line saying how
 many images were written and where.
+
+A job may make more than one file: `unclip mix` makes a whole series per job (its frames and their GIF),
+so a chunk is `--batch-size` series and a series is written whole or not at all.
 """
 
 from collections.abc import Callable
@@ -52,24 +55,36 @@ def out_of_memory(stage: str | None, device) -> UnclipError:
 
 
 class Written:
-    """The PNGs a run has written so far, for --json and for the line an interruption prints."""
+    """The files a run has written so far (PNGs, and a mix's GIFs), for --json and for the line an
+    interruption prints."""
 
     def __init__(self, outdir: Path):
-        self.outdir, self.records = outdir, []
+        self.outdir, self.records, self.gifs = outdir, [], []
 
-    def add(self, path: Path, job: Job) -> None:
+    def add(self, path: Path, job: Job, **fields) -> None:
+        """A PNG made for `job`, recorded with `fields` (a mix frame: its ratio); gif=True: a mix's GIF."""
+        if fields.pop("gif", False):
+            self.gifs.append(str(path))
+            return
         rec = {"path": str(path), "seed": job.seed}
         if job.line is not None:
             rec.update(prompt=job.prompt, line=job.line)
-        self.records.append(rec)
+        self.records.append({**rec, **fields})
+
+    def to_json(self) -> dict:
+        return {"images": self.records, **({"gifs": self.gifs} if self.gifs else {})}
 
     def summary(self) -> str:
-        n = len(self.records)
-        return f"{n} image{'s' if n != 1 else ''} written to {self.outdir}" if n else "no image written"
+        n, g = len(self.records), len(self.gifs)
+        if not n and not g:
+            return "no image written"
+        gifs = f" and {g} GIF{'s' if g != 1 else ''}" if g else ""
+        return f"{n} image{'s' if n != 1 else ''}{gifs} written to {self.outdir}"
 
 
 def run(jobs: list[Job], make: Callable, save: Callable, batch_size: int, written: Written, stages) -> None:
-    """make(chunk of jobs) -> PIL images; save(image, job) -> Path. Chunk after chunk, writing as they finish."""
+    """make(chunk of jobs) -> one item per job (a PIL image; a mix: a series); save(item, job) -> its Path, or
+    [(Path, fields for Written.add)] for a job with several files. Chunk after chunk, writing as they finish."""
     try:
         for start in range(0, len(jobs), batch_size):
             chunk = jobs[start:start + batch_size]
@@ -79,9 +94,11 @@ def run(jobs: list[Job], make: Callable, save: Callable, batch_size: int, writte
                 if not is_out_of_memory(e):
                     raise
                 raise out_of_memory(stages.active, stages.device) from None
-            for im, job in zip(pils, chunk):
-                with interrupts.deferred():  # a signal waits until the file is in place and counted
-                    written.add(save(im, job), job)
+            for item, job in zip(pils, chunk):
+                with interrupts.deferred():  # a signal waits until the job's files are in place and counted
+                    saved = save(item, job)
+                    for path, fields in saved if isinstance(saved, list) else [(saved, {})]:
+                        written.add(path, job, **fields)
     except interrupts.Interrupted as e:
         e.message = f"interrupted: {written.summary()}"
         raise

@@ -332,16 +332,18 @@ def edit(image_path: Path, mask_path: Path | None, prompt: str | None, args: Run
     return run_jobs(plan.jobs(seeds, args.num_images), make, args, stages, opts, "edit", plan, extra)
 
 
-def run_jobs(jobs, make, args: RunArgs, stages, opts, mode: str, plan: Plan | None = None, extra=None) -> list[Path]:
-    """Make the images chunk by chunk (make(chunk, progress) -> PIL images), writing each chunk's PNGs as it
-    finishes; print their paths (or, at the end or on an interruption, the JSON). Raises if lines were skipped."""
+def run_jobs(jobs, make, args: RunArgs, stages, opts, mode: str, plan: Plan | None = None, extra=None, *,
+             save=None) -> list[Path]:
+    """Make the images chunk by chunk (make(chunk, progress) -> an item per job: a PIL image), writing each
+    chunk's files as it finishes with `save` (default: one PNG per job, `_saver`; see batches.run); print
+    their paths (or, at the end or on an interruption, the JSON). Raises if lines were skipped."""
     progress = StageProgress(quiet(), args.on_step)
     written = batches.Written(args.outdir)
     batch = args.batch_size or batches.default_batch_size(stages.paths, stages.device)
     result = (written, stages, opts, progress, batch, plan)
     try:
         with progress.progress:
-            batches.run(jobs, lambda chunk: make(chunk, progress), _saver(args, stages, opts, mode, extra),
+            batches.run(jobs, lambda chunk: make(chunk, progress), save or _saver(args, stages, opts, mode, extra),
                         batch, written, stages)
     except interrupts.Interrupted as e:
         if args.json:
@@ -353,7 +355,7 @@ def run_jobs(jobs, make, args: RunArgs, stages, opts, mode: str, plan: Plan | No
         lines = ", ".join(str(s.line) for s in plan.skipped)
         raise UnclipError(f"{len(plan.skipped)} line(s) of {plan.source} skipped (line {lines}); "
                           f"the other prompts: {written.summary()}")
-    return [Path(r["path"]) for r in written.records]
+    return [Path(r["path"]) for r in written.records] + [Path(g) for g in written.gifs]
 
 
 # Output --------------------------------------------------------------------------------------
@@ -386,7 +388,7 @@ def _params(mode: str, prompt: str, seed: int, im, stages, opts, hashes: dict, e
 
 
 def _print_json(written, stages, opts, progress, batch: int, plan, stopped=None) -> None:
-    out = {"model": stages.spec.name, "images": written.records, "timings": progress.timings,
+    out = {"model": stages.spec.name, **written.to_json(), "timings": progress.timings,
            "files": _hashes(stages), "size": opts.size, "batch_size": batch, **(plan.to_json() if plan else {})}
     if stopped is not None:
         out["interrupted"] = signal.Signals(stopped.signum).name

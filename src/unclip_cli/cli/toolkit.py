@@ -2,7 +2,7 @@
 frames of a mix and its animated GIF. Everything that can fail on bad input fails before any sampling.
 """
 
-import json
+import dataclasses
 import sys
 from io import BytesIO
 from pathlib import Path
@@ -11,11 +11,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from unclip_cli.cli import run
+from unclip_cli.cli import batches, run
 from unclip_cli.errors import UnclipError
 from unclip_cli.pipeline import images, toolkit
+from unclip_cli.train.data import IMAGE_EXTS
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 GIF_FRAME_MS = 250
 
 
@@ -94,6 +94,8 @@ def same_sides(sa, sb) -> bool:
 
 
 def mix(a: str, b: str, ratio: float | None, frames: int | None, args: run.RunArgs) -> list[Path]:
+    """A series per seed (its frames, and a GIF with --frames), made and written chunk by chunk
+    (cli/batches): a chunk is --batch-size series, by default about as many images as other verbs' chunks."""
     ratios = mix_ratios(a, b, ratio, frames)
     (sa, la), (sb, lb) = parse_side(a, "A"), parse_side(b, "B")
     if same_sides(sa, sb):
@@ -104,14 +106,16 @@ def mix(a: str, b: str, ratio: float | None, frames: int | None, args: run.RunAr
     for kind, value in (sa, sb):
         if kind == "text":
             run.warn_prompt(stages, value)
-    progress = run.StageProgress(run.quiet(), args.on_step)
-    series = []
-    with progress.progress:
-        for seed in seeds:
-            x = toolkit.mix(stages, sa, sb, ratios, opts, torch.Generator().manual_seed(seed), progress)
-            series.append(images.to_pil(x))
-    return write_mix(series, seeds, ratios, args, stages, opts, progress.timings, {"mix_a": la, "mix_b": lb},
-                     gif=frames is not None)
+    if args.batch_size is None:
+        per_chunk = batches.default_batch_size(stages.paths, stages.device) // len(ratios)
+        args = dataclasses.replace(args, batch_size=max(1, per_chunk))
+
+    def make(chunk, progress):
+        return [images.to_pil(toolkit.mix(stages, sa, sb, ratios, opts, torch.Generator().manual_seed(j.seed), progress))
+                for j in chunk]
+
+    save = _series_saver(ratios, args, stages, opts, {"mix_a": la, "mix_b": lb}, gif=frames is not None)
+    return run.run_jobs([batches.Job("", s) for s in seeds], make, args, stages, opts, "mix", save=save)
 
 
 def _gif_bytes(frames: list[Image.Image]) -> bytes:
@@ -120,22 +124,27 @@ def _gif_bytes(frames: list[Image.Image]) -> bytes:
     return buf.getvalue()
 
 
-def write_mix(series, seeds, ratios, args, stages, opts, timings: dict, extra: dict, gif: bool) -> list[Path]:
-    """PNG per (seed, ratio) and, for a series, a GIF per seed; prints the paths (or one JSON object)."""
-    hashes = {s: stages.spec.stages[s].sha256 for s in stages.paths}
-    records, gifs = [], []
-    for seed, pils in zip(seeds, series):
-        for r, im in zip(ratios, pils):
-            params = run._params("mix", "", seed, im, stages, opts, hashes, {**extra, "ratio": round(r, 6)})
-            data = images.png_bytes(im, params if args.metadata else None)
-            records.append({"path": str(images.save_new(args.outdir, f"{seed}-mix-{r:.3f}", data)),
-                            "seed": seed, "ratio": round(r, 6)})
-        if gif:
-            gifs.append(str(images.save_new(args.outdir, f"{seed}-mix", _gif_bytes(pils), ".gif")))
-    if args.json:
-        out = {"model": stages.spec.name, "images": records, "gifs": gifs, "timings": timings, "files": hashes,
-               "size": opts.size}
-        sys.stdout.write(json.dumps(out) + "\n")
-    else:
-        sys.stdout.write("".join(f"{p}\n" for p in [r["path"] for r in records] + gifs))
-    return [Path(r["path"]) for r in records] + [Path(g) for g in gifs]
+def _series_saver(ratios, args: run.RunArgs, stages, opts, extra: dict, gif: bool):
+    """save(series, job) -> [(path, fields)]: a PNG per ratio and, for --frames, the GIF, all or none; the
+    paths printed once the series is in place (unless --json)."""
+    hashes = run._hashes(stages)
+
+    def save(pils, job) -> list:
+        out = []
+        try:
+            for r, im in zip(ratios, pils):
+                params = run._params("mix", "", job.seed, im, stages, opts, hashes, {**extra, "ratio": round(r, 6)})
+                data = images.png_bytes(im, params if args.metadata else None)
+                out.append((images.save_new(args.outdir, f"{job.seed}-mix-{r:.3f}", data), {"ratio": round(r, 6)}))
+            if gif:
+                out.append((images.save_new(args.outdir, f"{job.seed}-mix", _gif_bytes(pils), ".gif"), {"gif": True}))
+        except BaseException:  # a full disk mid-series: no half series is left (signals wait: batches.run)
+            for path, _ in out:
+                path.unlink(missing_ok=True)
+            raise
+        if not args.json:
+            sys.stdout.write("".join(f"{p}\n" for p, _ in out))
+            sys.stdout.flush()
+        return out
+
+    return save

@@ -180,19 +180,28 @@ class Denoiser:
         return Prediction(x0=x0, variance=variance)
 
 
-def guided(net_uncond_cond, scale: float, guided_channels: int | None = None):
+def guided(net_uncond_cond, scale: float, guided_channels: int | None = None, rescale: float = 0.0):
     """Classifier-free guidance over a network run on the doubled batch [uncond; cond].
 
     `net_uncond_cond(x2, t)` takes cat([x, x]) and returns [out_uncond; out_cond]. The first
-    `guided_channels` channels (all if None) become u + scale (c - u); any others (learned variance)
-    are taken from the conditional half, as Karlo does.
+    `guided_channels` channels (all if None) become g = u + scale (c - u); any others (learned variance)
+    are taken from the conditional half, as Karlo does. `rescale` (0 to 1, "guidance rescale", Lin et al.
+    2024, section 3.4, as diffusers' `guidance_rescale`): g is moved that fraction of the way to
+    g * std(c) / std(g) (std per row over all its guided values), so that guidance away from an
+    unconditional branch far from c (a negative prompt) cannot blow the prediction up.
     """
 
     def net(x: torch.Tensor, t: int) -> torch.Tensor:
         u, c = net_uncond_cond(torch.cat([x, x]), t).float().chunk(2)  # mixed in float32
-        if guided_channels is None:
-            return u + scale * (c - u)
-        k = guided_channels
-        return torch.cat([u[:, :k] + scale * (c[:, :k] - u[:, :k]), c[:, k:]], dim=1)
+        k = c.shape[1] if guided_channels is None else guided_channels
+        g = u[:, :k] + scale * (c[:, :k] - u[:, :k])
+        if rescale > 0:
+            g = rescale * g * (_row_std(c[:, :k]) / _row_std(g).clamp(min=1e-12)) + (1 - rescale) * g
+        return g if k == c.shape[1] else torch.cat([g, c[:, k:]], dim=1)
 
     return net
+
+
+def _row_std(x: torch.Tensor) -> torch.Tensor:
+    """Standard deviation of each row over all its other dimensions, shaped to broadcast against x."""
+    return x.std(dim=tuple(range(1, x.dim())), keepdim=True)

@@ -1,6 +1,6 @@
 """The unCLIP cascade as short stage functions: CLIP -> prior -> decoder -> upsamplers.
 
-`generate`, `vary` and `edit` are compositions of the same stages. Each stage reads how it samples
+`generate` and `edit` are compositions of the same stages (vary and mix, in `pipeline/toolkit.py`, too). Each stage reads how it samples
 (schedule, prediction type, variance, clamp) from its `DiffusionSpec` (`Stages.diffusion`), and
 its module is loaded when the stage starts and released when it ends (`pipeline/stages.py`). Noise
 comes only from the per-image generators passed in, in Karlo's order: prior init, prior steps,
@@ -21,6 +21,11 @@ from unclip_cli.options import Options
 from unclip_cli.pipeline.stages import Stages
 
 Report = Callable[[str, int, int], None]  # (stage, steps done, steps total)
+
+# Guidance rescale (samplers.guided) of both guided stages when a negative prompt is the unconditional
+# branch: with it the guided prior embedding keeps the conditional one's length (without it, on
+# shapes' earlier prior, 3c - 2u was ~3x too long and every image noise; README "Negative prompts").
+NEGATIVE_RESCALE = 1.0
 
 
 def _noop(stage: str, done: int, total: int) -> None:
@@ -69,8 +74,9 @@ def _sample(opts: Options, denoise: samplers.Denoiser, x, steps: int, gens, name
         return fn(denoise, x, denoise.schedule, timesteps, generators=gens, callback=cb, post_step=post_step)
 
 
-def prior_stage(stages: Stages, text: TextEncoding, uncond: TextEncoding, opts: Options, gens, report: Report = _noop):
-    """CLIP text encoding -> CLIP image embedding [B, D] (denormalised)."""
+def prior_stage(stages: Stages, text: TextEncoding, uncond: TextEncoding, opts: Options, gens, report: Report = _noop,
+                rescale: float = 0.0):
+    """CLIP text encoding -> CLIP image embedding [B, D] (denormalised). `rescale`: samplers.guided's."""
     if not stages.has("prior"):
         raise UnclipError(f"model '{stages.spec.name}' has no prior: it can only make variations (`unclip vary`)")
     prior = stages.get("prior")
@@ -82,7 +88,7 @@ def prior_stage(stages: Stages, text: TextEncoding, uncond: TextEncoding, opts: 
         net = lambda x, t: prior(x, torch.tensor(t, device=x.device), **cond)  # noqa: E731
     else:
         net2 = lambda x, t: prior(x, torch.tensor(t, device=x.device), **pair)  # noqa: E731
-        net = samplers.guided(net2, opts.prior_guidance, spec.guided_channels)
+        net = samplers.guided(net2, opts.prior_guidance, spec.guided_channels, rescale)
     denoise = samplers.Denoiser(net, spec, stages.dtype)
     D = prior.cfg.embedding_dim
     x = samplers.randn((len(gens), D), gens, stages.device, torch.float32)
@@ -95,7 +101,7 @@ def prior_stage(stages: Stages, text: TextEncoding, uncond: TextEncoding, opts: 
 def decoder_stage(
     stages: Stages, image_embed, text: TextEncoding, uncond: TextEncoding, opts: Options, gens,
     report: Report = _noop, known: tuple[torch.Tensor, torch.Tensor] | None = None,
-    start: tuple[torch.Tensor, float] | None = None, uncond_embed: torch.Tensor | None = None,
+    start: tuple[torch.Tensor, float] | None = None, uncond_embed: torch.Tensor | None = None, rescale: float = 0.0,
 ):
     """CLIP image embedding (+ text) -> 64x64 image in [-1, 1]. `known` = (image, keep mask) for edits.
 
@@ -103,6 +109,7 @@ def decoder_stage(
     (all zeros without `known`: everything is to be drawn).
     `start` = (image [B, 3, S, S], strength < 1): begin from the image noised to that level (img2img).
     `uncond_embed`: the image embedding of guidance's unconditional branch (default: the learned null one).
+    `rescale`: samplers.guided's guidance rescale (0: plain guidance).
     """
     text_proj, unet = stages.get("text_proj"), stages.get("decoder")
     spec = stages.diffusion("decoder")
@@ -124,7 +131,7 @@ def decoder_stage(
         null = text_proj.null_image_embed(B, image_embed.dtype) if uncond_embed is None else uncond_embed.to(stages.dtype)
         images = torch.cat([null, image_embed])
         emb, ctx, cmask = text_proj(images, both.embed, both.tokens, both.mask)
-        net = samplers.guided(call, opts.decoder_guidance, spec.guided_channels)
+        net = samplers.guided(call, opts.decoder_guidance, spec.guided_channels, rescale)
     denoise = samplers.Denoiser(net, spec, stages.dtype)
     x = samplers.randn((B, C, S, S), gens, stages.device, torch.float32)
     post = _keep_known(denoise.schedule, known, gens) if known is not None else None
@@ -269,7 +276,8 @@ def _conditions(stages: Stages, prompts: list[str], negative: list[str] | None, 
 
     With negative prompts (Kandinsky 2.2's pattern) the negative text is the prior's unconditional
     input, and the prior's embedding of the negative text (sampled with a copy of each generator, so
-    the main draws are unchanged) is the decoder's unconditional image embedding.
+    the main draws are unchanged, and plainly guided, as any prompt) is the decoder's unconditional
+    image embedding. Guidance away from the negative is rescaled (NEGATIVE_RESCALE) in both stages.
     """
     text, uncond = _text_rows(stages, prompts, one_by_one, negative)
     empty = _text_rows(stages, [""] * len(prompts), one_by_one)[0] if negative else None
@@ -279,10 +287,16 @@ def _conditions(stages: Stages, prompts: list[str], negative: list[str] | None, 
 
     def both(i, g):
         neg = prior_stage(stages, uncond(i), empty(i), opts, clone_generators(g), report)
-        return torch.stack([prior_stage(stages, text(i), uncond(i), opts, g, report), neg], 1)
+        pos = prior_stage(stages, text(i), uncond(i), opts, g, report, rescale=NEGATIVE_RESCALE)
+        return torch.stack([pos, neg], 1)
 
     pos_neg = loop(both)
     return text, uncond, pos_neg[:, 0], pos_neg[:, 1]
+
+
+def _negative_branch(neg_embed, i) -> dict:
+    """decoder_stage's keywords for rows i: the negative's image embedding, rescaled guidance (none: {})."""
+    return {} if neg_embed is None else {"uncond_embed": neg_embed[i], "rescale": NEGATIVE_RESCALE}
 
 
 def generate(stages: Stages, prompts: list[str], opts: Options, gens, report: Report = _noop, *,
@@ -291,17 +305,7 @@ def generate(stages: Stages, prompts: list[str], opts: Options, gens, report: Re
     loop = _looper(stages, gens, one_by_one)
     text, uncond, image_embed, neg_embed = _conditions(stages, prompts, negative, opts, loop, report, one_by_one)
     x = loop(lambda i, g: decoder_stage(stages, image_embed[i], text(i), uncond(i), opts, g, report,
-                                        uncond_embed=None if neg_embed is None else neg_embed[i]))
-    return upsample_all(stages, x, opts, gens, report, loop=loop)
-
-
-def vary(stages: Stages, images, opts: Options, gens, report: Report = _noop, *, one_by_one: bool = False):
-    """Variations: each image's CLIP embedding goes to the decoder with an empty caption."""
-    image_embed = encode_images(stages, images)
-    text, _ = encode_text(stages, [""] * len(images))
-    stages.release("clip")
-    loop = _looper(stages, gens, one_by_one)
-    x = loop(lambda i, g: decoder_stage(stages, image_embed, text, text, opts, g, report))
+                                        **_negative_branch(neg_embed, i)))
     return upsample_all(stages, x, opts, gens, report, loop=loop)
 
 
@@ -324,5 +328,5 @@ def edit(stages: Stages, image: torch.Tensor, edit_mask: torch.Tensor, prompts: 
     text, uncond, image_embed, neg_embed = _conditions(stages, prompts, negative, opts, loop, report, one_by_one)
     known = known_at(stages.decoder_size())
     x = loop(lambda i, g: decoder_stage(stages, image_embed[i], text(i), uncond(i), opts, g, report, known,
-                                        uncond_embed=None if neg_embed is None else neg_embed[i]))
+                                        **_negative_branch(neg_embed, i)))
     return upsample_all(stages, x, opts, gens, report, known_at, loop=loop)

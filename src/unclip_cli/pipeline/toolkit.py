@@ -61,7 +61,7 @@ def steered_embed(stages: Stages, image, steer: Steer) -> torch.Tensor:
 def vary(stages: Stages, image, opts: Options, gens, report: Report = _noop, steer: Steer = Steer()):
     """Variations of one image, one per generator (each as a batch of one), steered by `steer`.
 
-    With the default Steer this computes exactly what `cascade.vary(..., one_by_one=True)` does.
+    With the default Steer: each image's CLIP embedding, decoded with an empty caption (plain vary).
     The upsamplers always start from noise, conditioned on the decoder's (steered) low-res result.
     """
     embed = steered_embed(stages, image, steer)

@@ -10,7 +10,9 @@ from PIL import Image
 
 from unclip_cli.errors import UnclipError
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp")
+# The file names unclip treats as images: a training folder's images, and what `unclip mix` takes for an
+# image path (cli/toolkit.py). Every one is a format PIL reads.
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 
 
 def load_folder(folder) -> list[tuple[Path, str]]:
