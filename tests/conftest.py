@@ -37,3 +37,13 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _auto_dtype_is_fp32(monkeypatch):
+    """`--dtype auto` means bf16 on a CPU with native bf16 (as this project's machines have) and fp32 on others:
+    in-process tests compare the verbs' pixels with fp32 references, so they see an fp32 CPU whatever they run
+    on. test_precision.py tests the choice itself; subprocess tests run the real one."""
+    from unclip_cli.cli import run
+
+    monkeypatch.setattr(run, "native_bf16_cpu", lambda *a: False)

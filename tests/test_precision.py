@@ -61,6 +61,8 @@ def test_bad_dtype_is_one_line(home, tmp_path):
 def test_auto_dtype_follows_the_cpu(tmp_path, monkeypatch):
     from unclip_cli.cli import run as runner
 
+    monkeypatch.undo()  # conftest makes every CPU look fp32-only
+
     with_bf16, without = tmp_path / "a", tmp_path / "b"
     with_bf16.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16 amx_tile\n\n")
     without.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\nbugs\t\t: avx512_bf16_is_not_a_flag_here\n")

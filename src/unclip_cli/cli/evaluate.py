@@ -3,7 +3,6 @@
 import json
 from pathlib import Path
 
-import torch
 
 from unclip_cli.cli import interrupts
 from unclip_cli.cli.run import StageProgress, dtype_name, pick_device, pick_dtype, quiet
