@@ -4,8 +4,8 @@
     python benchmarks/bench_speed.py throughput          # this CPU's matrix-product and convolution GFLOP/s
 
 FOLDER is a diffusers-layout Karlo folder (random weights: `python benchmarks/bench_karlo.py make FOLDER`).
-A variant is `diffusers` (UnCLIPPipeline, fp32, its DDPM) or `unclip:DTYPE[:SAMPLER:SPACING[:P,D,S]]` (the real
-`unclip generate` command), e.g. `unclip:fp32`, `unclip:bf16`, `unclip:bf16:dpmpp_2m:logsnr:10,10,4`. Every
+A variant is `diffusers` (UnCLIPPipeline, fp32, its DDPM) or `unclip:DTYPE[:SAMPLER:SPACING[:P-D-S]]` (the real
+`unclip generate` command), e.g. `unclip:fp32`, `unclip:bf16`, `unclip:bf16:dpmpp_2m:logsnr:12-12-4`. Every
 variant runs as its own process, the variants interleaved, `--runs` rounds (the machine is shared and noisy:
 the faster run counts); the same prompt, seed 0, 256x256 and, unless a variant names its own, the same steps.
 Per run: wall seconds of the whole command (start to exit: imports, loading, sampling, writing), seconds of
@@ -61,7 +61,7 @@ def parse_variant(v: str, steps: str) -> dict:
     sampler = parts[2] if len(parts) > 2 else "ddpm"
     spacing = parts[3] if len(parts) > 3 else "uniform"
     return {"name": v, "kind": "unclip", "dtype": dtype, "sampler": sampler, "spacing": spacing,
-            "steps": parts[4] if len(parts) > 4 else steps}
+            "steps": parts[4].replace("-", ",") if len(parts) > 4 else steps}
 
 
 def run_variant(var: dict, folder: Path, work: Path) -> dict:
