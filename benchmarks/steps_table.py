@@ -20,7 +20,7 @@ def main() -> None:
         for m in re.finditer(r"^(\S+) ([\d.]+) s$", Path(a.log).read_text(), re.M):
             seconds[m.group(1)] = float(m.group(2))
     print("| setting | dtype | sampler | spacing | prior / decoder steps | colour | shape | count, 1 object | "
-          "full caption, 1 object | full caption, 2 objects | all | s |")
+          "full caption, 1 object | full caption, 2 objects | full caption, all prompts | s for the images |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for f in sorted(HERE.glob("*.json"), key=lambda p: p.stat().st_mtime):
         d = json.loads(f.read_text())
