@@ -309,6 +309,18 @@ def generate(stages: Stages, prompts: list[str], opts: Options, gens, report: Re
     return upsample_all(stages, x, opts, gens, report, loop=loop)
 
 
+def vary(stages: Stages, images, opts: Options, gens, report: Report = _noop, *, one_by_one: bool = False):
+    """Variations of several images at once (image i with generator i): each image's CLIP embedding goes to
+    the decoder with an empty caption. `unclip vary` uses toolkit.vary (one image, steering); this batched
+    form is what diffusers' UnCLIPImageVariationPipeline computes, and the Karlo parity tests compare them."""
+    image_embed = encode_images(stages, images)
+    text, _ = encode_text(stages, [""] * len(images))
+    stages.release("clip")
+    loop = _looper(stages, gens, one_by_one)
+    x = loop(lambda i, g: decoder_stage(stages, image_embed, text, text, opts, g, report))
+    return upsample_all(stages, x, opts, gens, report, loop=loop)
+
+
 def edit(stages: Stages, image: torch.Tensor, edit_mask: torch.Tensor, prompts: list[str], opts: Options, gens,
          report: Report = _noop, *, one_by_one: bool = False, negative: list[str] | None = None):
     """Regenerate the masked area. image: [B, 3, S, S] in [-1, 1] at opts.size; edit_mask: [B, 1, S, S] bool.
