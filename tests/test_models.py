@@ -230,8 +230,24 @@ def test_context_keys_and_values_are_reused_only_for_the_same_unchanged_context(
             assert len(calls) == 2 and not torch.allclose(c[0], a[0])
             d = decoder(x, torch.tensor(500), emb=emb, context=context.clone(), context_mask=cmask)
             assert len(calls) == 3 and torch.equal(c, d)
-        decoder(x, torch.tensor(500), emb=emb, context=context, context_mask=cmask)  # with autograd: never cached
-        decoder(x, torch.tensor(500), emb=emb, context=context, context_mask=cmask)
-        assert len(calls) == 5
+            e = decoder(x, torch.tensor(500), emb=emb, context=context, context_mask=cmask)  # the clone was cached
+            assert len(calls) == 4 and torch.equal(e, c)
+            with torch.no_grad():  # a weight changed in place (as an optimizer step does): computed again
+                attn.add_k_proj.weight.mul_(1.5)
+            f = decoder(x, torch.tensor(500), emb=emb, context=context, context_mask=cmask)
+            attn.add_k_proj.weight.div_(1.5)
+            assert len(calls) == 5 and not torch.allclose(f, c)
+        with torch.inference_mode():
+            g = decoder(x, torch.tensor(500), emb=emb, context=context.clone(), context_mask=cmask)
+        assert len(calls) == 6 and torch.allclose(g, c, atol=1e-5)  # weights back to c's, to round-off
+        # with autograd, after a no-grad call with this very context: computed again, and gradients reach the weights
+        was = attn.add_k_proj.weight.requires_grad
+        attn.add_k_proj.weight.requires_grad_(True)
+        try:
+            decoder(x, torch.tensor(500), emb=emb, context=context, context_mask=cmask).sum().backward()
+            assert len(calls) == 7 and attn.add_k_proj.weight.grad is not None
+        finally:
+            attn.add_k_proj.weight.requires_grad_(was)
+            attn.add_k_proj.weight.grad = None
     finally:
         hook.remove()

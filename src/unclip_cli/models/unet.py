@@ -132,13 +132,19 @@ class AttentionBlock(nn.Module):
 
     def _context_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The context tokens' keys and values. While sampling (no autograd) they are kept for the next
-        call with the same, unmodified context tensor (its version counter counts in-place changes): a
-        stage passes one context for all its steps, so they are computed once per image, not once per step."""
+        call with the same, unmodified context tensor and unmodified projection weights (version counters
+        count in-place changes): a stage passes one context for all its steps, so they are computed once
+        per image, not once per step. With autograd on, or for inference-mode tensors, never cached."""
+        if torch.is_grad_enabled() or context.is_inference():
+            self._kv_cache = None
+            return self.add_k_proj(context), self.add_v_proj(context)
+        key = (context._version, self.add_k_proj.weight._version, self.add_v_proj.weight._version,
+               self.add_k_proj.bias._version, self.add_v_proj.bias._version)
         cached = getattr(self, "_kv_cache", None)
-        if cached is not None and cached[0] is context and cached[1] == context._version:
+        if cached is not None and cached[0] is context and cached[1] == key:
             return cached[2], cached[3]
         kv = self.add_k_proj(context), self.add_v_proj(context)
-        self._kv_cache = (context, context._version, *kv) if not torch.is_grad_enabled() else None
+        self._kv_cache = (context, key, *kv)
         return kv
 
 
