@@ -68,8 +68,16 @@ def profile_stage(stages, stage: str, dtype, layout: str, reps: int) -> dict:
     t = time.perf_counter()
     module = stages.get(stage)
     load_s = time.perf_counter() - t
-    if layout == "channels_last" and stage != "prior":
-        module = module.to(memory_format=torch.channels_last)
+    if stage != "prior":  # the loader puts half-precision UNets in channels_last on the CPU: set the asked layout
+        from unclip_cli.models.unet import AttentionBlock
+
+        if layout == "channels_last":
+            module.to_channels_last()
+        else:
+            module.to(memory_format=torch.contiguous_format)
+            for m in module.modules():
+                if isinstance(m, AttentionBlock):
+                    m.pixels_last = False
     call = inputs(stage, module, dtype, layout)
     with torch.no_grad():
         call()  # warm-up

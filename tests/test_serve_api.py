@@ -203,6 +203,9 @@ BAD_JOBS = [
     ("mix", {"a": {"text": "a cat"}, "b": {"path": "/etc/passwd"}}, 400, "must be {\"image\": ID}"),
     ("mix", {"a": {"text": "a"}, "b": {"text": "b"}, "ratio": 2}, 400, "ratio must be between 0 and 1"),
     ("mix", {"a": {"text": "a"}, "b": {"text": "b"}, "ratio": 0.5, "frames": 3}, 400, "not both"),
+    ("mix", {"a": {"text": "a"}, "b": {"text": "b"}, "frames": 5000}, 400, "frames must be between 2 and 16"),
+    ("mix", {"a": {"text": "a"}, "b": {"text": "b"}, "frames": 8, "num_images": 3}, 400,
+     "num_images x frames must be at most 16 images per job, got 3 x 8"),
 ]
 
 
@@ -468,3 +471,24 @@ def test_help_does_not_import_the_web_stack():
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
     assert out.strip() == "[]"
+
+
+def test_host_header_without_a_port_means_port_80():
+    from unclip_cli.cli.serve import web
+    from unclip_cli.cli.serve.common import Config
+
+    cfg80 = Config(host="127.0.0.1", port=80, model=None, outdir=Path("."))
+    assert web._host_ok("127.0.0.1", cfg80) and web._host_ok("localhost", cfg80) and web._host_ok("[::1]", cfg80)
+    assert not web._host_ok("127.0.0.1", Config(host="127.0.0.1", port=7860, model=None, outdir=Path(".")))
+    assert web._host_ok("127.0.0.1:7860", Config(host="127.0.0.1", port=7860, model=None, outdir=Path(".")))
+    assert not web._host_ok("evil.example", cfg80)
+
+
+def test_a_port_in_use_is_one_line_before_anything_claims_to_serve(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "unclip_cli", "serve", "--port", str(port), "--outdir", str(tmp_path)],
+                           capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(SRC)})
+    assert r.returncode == 1 and r.stderr == f"error: could not listen on 127.0.0.1:{port} (in use)\n"

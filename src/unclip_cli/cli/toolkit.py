@@ -145,6 +145,9 @@ def _series_saver(ratios, args: run.RunArgs, stages, opts, extra: dict, gif: boo
         if not args.json:
             sys.stdout.write("".join(f"{p}\n" for p, _ in out))
             sys.stdout.flush()
+        if args.on_image is not None:  # `unclip serve` counts and shows what is written
+            for path, _ in out:
+                args.on_image(path)
         return out
 
     return save

@@ -41,6 +41,7 @@ def main(cfg: Config) -> None:
 
     from unclip_cli.cli.serve import web
 
+    _check_port(cfg.host, cfg.port)  # before the model opens and before anything claims to be serving
     os.environ["UNCLIP_QUIET"] = "1"  # no progress bars: the page shows the progress, the log one line per job
     app = web.create_app(cfg)  # opens the model (fails here, in one line, if it cannot)
     if not is_loopback(cfg.host):
@@ -51,8 +52,25 @@ def main(cfg: Config) -> None:
     server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning", access_log=False))
     try:
         server.run()  # on Ctrl-C uvicorn shuts down (lifespan: the queue stops), then re-raises the signal
+    except SystemExit:  # uvicorn exits (status 3) when it cannot bind: say it in our one line instead
+        if server.started:
+            raise
     except interrupts.Interrupted as e:
         e.message = f"stopped: {app.state.queue.summary()}"
         raise
     if not server.started:
         raise UnclipError(f"could not listen on {cfg.host}:{cfg.port} (in use, or not an address of this machine)")
+
+
+def _check_port(host: str, port: int) -> None:
+    """One line, at once, when the address cannot be listened on (uvicorn would log and exit 3 later)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host.strip("[]"), port))
+        except OSError as e:
+            why = "in use" if e.errno == 98 else (e.strerror or "cannot bind").lower()
+            raise UnclipError(f"could not listen on {host}:{port} ({why})") from None

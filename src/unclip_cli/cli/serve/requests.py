@@ -156,7 +156,12 @@ def _side(value: dict, name: str, folder: Folder) -> tuple[str, str]:
 
 def _mix(v: dict, folder: Folder):
     (a, shown_a), (b, shown_b) = _side(v["a"], "a", folder), _side(v["b"], "b", folder)
-    toolkit.mix_ratios(a, b, v["ratio"], v["frames"])
+    if v["frames"] is not None and not 2 <= v["frames"] <= MAX_IMAGES:
+        raise HttpError(f"frames must be between 2 and {MAX_IMAGES} per job, got {v['frames']}")
+    ratios = toolkit.mix_ratios(a, b, v["ratio"], v["frames"])
+    if v["num_images"] * len(ratios) > MAX_IMAGES:
+        raise HttpError(f"num_images x frames must be at most {MAX_IMAGES} images per job, "
+                        f"got {v['num_images']} x {len(ratios)}")
     sa, sb = toolkit.parse_side(a, "a")[0], toolkit.parse_side(b, "b")[0]
     if toolkit.same_sides(sa, sb):
         raise HttpError(f"a and b are the same {sa[0]}: every frame of the mix would be the same image")

@@ -48,7 +48,9 @@ def url_host(host: str) -> str:
 
 
 def _host_ok(host_header: str, cfg: Config) -> bool:
-    host, _, port = host_header.rpartition(":") if not host_header.endswith("]") else (host_header, "", "")
+    host, sep, port = host_header.rpartition(":")
+    if not sep or host_header.endswith("]"):  # no port in the header: a browser leaves out port 80
+        host, port = host_header, "80"
     if not port.isdigit() or int(port) != cfg.port:
         return False
     host = host.strip("[]").lower()
