@@ -256,17 +256,35 @@ def run_unclip(root: Path, generate: bool, steps: str) -> dict:
 
 
 # diffusers: everything at once --------------------------------------------------------------------------------
-def run_diffusers(root: Path, generate: bool, steps: str) -> dict:
+def diffusers_classes() -> dict:
+    """UnCLIPPipeline's component classes by hub folder (progress bars off)."""
     import diffusers
     import transformers
-    from diffusers.pipelines.deprecated.unclip import UnCLIPPipeline, UnCLIPTextProjModel
-    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+    from diffusers.pipelines.deprecated.unclip import UnCLIPTextProjModel
+    from transformers import CLIPTextModelWithProjection
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
-    classes = {"text_encoder": CLIPTextModelWithProjection, "prior": diffusers.PriorTransformer,
-               "text_proj": UnCLIPTextProjModel, "decoder": diffusers.UNet2DConditionModel,
-               "super_res_first": diffusers.UNet2DModel, "super_res_last": diffusers.UNet2DModel}
+    return {"text_encoder": CLIPTextModelWithProjection, "prior": diffusers.PriorTransformer,
+            "text_proj": UnCLIPTextProjModel, "decoder": diffusers.UNet2DConditionModel,
+            "super_res_first": diffusers.UNet2DModel, "super_res_last": diffusers.UNet2DModel}
+
+
+def diffusers_pipeline(root: Path, parts: dict):
+    """UnCLIPPipeline over loaded components, with Karlo's schedulers and the folder's tokenizer (built
+    component by component: the folder's model_index.json may name unclip's own classes)."""
+    import diffusers
+    from diffusers.pipelines.deprecated.unclip import UnCLIPPipeline
+    from transformers import CLIPTokenizer
+
+    scheds = {n: diffusers.UnCLIPScheduler(**cfg) for n, cfg in HUB_SCHEDULERS.items()}
+    pipe = UnCLIPPipeline(tokenizer=CLIPTokenizer.from_pretrained(root / "tokenizer"), **parts, **scheds)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def run_diffusers(root: Path, generate: bool, steps: str) -> dict:
+    classes = diffusers_classes()
     out = {"runner": "diffusers", "components": {}, "rss_start_gb": round(rss_gb(), 3)}
     parts = {}
     for folder, cls in classes.items():
@@ -279,9 +297,7 @@ def run_diffusers(root: Path, generate: bool, steps: str) -> dict:
     out["load_total_s"] = round(sum(c["load_s"] for c in out["components"].values()), 3)
     if generate:
         p, d, s = _steps(steps)
-        scheds = {n: diffusers.UnCLIPScheduler(**cfg) for n, cfg in HUB_SCHEDULERS.items()}
-        pipe = UnCLIPPipeline(tokenizer=CLIPTokenizer.from_pretrained(root / "tokenizer"), **parts, **scheds)
-        pipe.set_progress_bar_config(disable=True)
+        pipe = diffusers_pipeline(root, parts)
         t = time.perf_counter()
         with torch.no_grad():
             image = pipe(PROMPT, prior_num_inference_steps=p, decoder_num_inference_steps=d,

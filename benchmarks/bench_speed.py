@@ -90,23 +90,12 @@ def run_variant(var: dict, folder: Path, work: Path) -> dict:
 def diffusers_run(folder: Path, steps: str, out: Path) -> dict:
     """One UnCLIPPipeline image as a user would make it (fp32), with seconds per component."""
     import torch
-    import diffusers
-    import transformers
-    from diffusers.pipelines.deprecated.unclip import UnCLIPPipeline, UnCLIPTextProjModel
-    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
-    from unclip_cli.weights.karlo import HUB_SCHEDULERS
+    from bench_karlo import diffusers_classes, diffusers_pipeline
 
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
-    # component by component, as bench_karlo.py does (the folder's model_index.json may name unclip's classes)
-    classes = {"text_encoder": CLIPTextModelWithProjection, "prior": diffusers.PriorTransformer,
-               "text_proj": UnCLIPTextProjModel, "decoder": diffusers.UNet2DConditionModel,
-               "super_res_first": diffusers.UNet2DModel, "super_res_last": diffusers.UNet2DModel}
-    parts = {n: cls.from_pretrained(folder / n, torch_dtype=torch.float32).eval() for n, cls in classes.items()}
-    scheds = {n: diffusers.UnCLIPScheduler(**cfg) for n, cfg in HUB_SCHEDULERS.items()}
-    pipe = UnCLIPPipeline(tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"), **parts, **scheds)
-    pipe.set_progress_bar_config(disable=True)
+    parts = {n: cls.from_pretrained(folder / n, torch_dtype=torch.float32).eval()
+             for n, cls in diffusers_classes().items()}
+    pipe = diffusers_pipeline(folder, parts)
     seconds: dict[str, float] = {}
     for name in ("text_encoder", "prior", "decoder", "super_res_first", "super_res_last"):
         module = getattr(pipe, name)

@@ -72,9 +72,8 @@ class Stages:
             module, _ = checkpoint.build(self.paths[stage], stage, self.device, self.dtype, expect_kind=kind)
             self._loaded[stage] = module
         module = self._loaded[stage]
-        if self.channels_last and isinstance(module, UNet) and not getattr(module, "_channels_last", False):
-            module.to_channels_last()  # in place: 4-D weights re-laid, nothing else changes
-            module._channels_last = True
+        if self.channels_last and isinstance(module, UNet):
+            module.to_channels_last()  # in place; weights already channels_last are left as they are
         return module
 
     def drop(self, *names: str) -> None:
@@ -130,8 +129,9 @@ class Stages:
 
 def channels_last_for(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether the UNets run channels_last ([B, H, W, C] in memory): on the CPU in half precision, where
-    oneDNN's bf16/fp16 convolutions are 1.5-2.5x faster that way (benchmarks/profile_karlo.py). fp32 stays
-    in the plain layout, in which Karlo's decoder matches diffusers bit for bit."""
+    oneDNN's bf16 convolutions are 1.4-3x faster that way at most of Karlo's shapes
+    (benchmarks/conv_layouts.py). fp32 stays in the plain layout, in which Karlo's decoder matches diffusers
+    bit for bit."""
     return device.type == "cpu" and dtype in (torch.bfloat16, torch.float16)
 
 
