@@ -19,3 +19,6 @@ for s in 5 8 12; do
   run "bf16-dpmpp_2m-logsnr-$s" --dtype bf16 --sampler dpmpp_2m --spacing logsnr --prior-steps "$s" --decoder-steps "$s"
 done
 run bf16-dpmpp_2m-uniform-8 --dtype bf16 --sampler dpmpp_2m --spacing uniform --prior-steps 8 --decoder-steps 8
+for s in 8 12 16; do
+  run "bf16-dpmpp_2m_sde-logsnr-$s" --dtype bf16 --sampler dpmpp_2m_sde --spacing logsnr --prior-steps "$s" --decoder-steps "$s"
+done

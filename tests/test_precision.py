@@ -1,6 +1,10 @@
 """Half precision: every verb runs in bf16 and fp16 on the CPU, the sampler's arithmetic stays float32,
 weights are cast as they are read, and fp32 is unchanged."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -101,3 +105,24 @@ def test_png_and_json_record_dtype_and_spacing(home, tmp_path):
     assert params["dtype"] == "bf16" and params["spacing"] == "logsnr" and params["sampler"] == "dpmpp_2m"
     r = invoke("generate", "a cat", "--spacing", "karras", *FAST, "-o", tmp_path / "x")
     assert r.exit_code == 1 and r.stderr.strip() == "error: --spacing must be uniform or logsnr, got 'karras'"
+
+
+def _large_alloc_alignment(env: dict) -> tuple[str, int]:
+    """(THP_MEM_ALLOC_ENABLE, address of a 4 MB tensor mod 2 MB) in a process that ran the CLI's main first."""
+    code = ("import os, sys\n"
+            "from unclip_cli.cli import app\n"
+            "assert 'torch' not in sys.modules\n"
+            "sys.argv = ['unclip', '--help']\n"
+            "try:\n    app.main()\nexcept SystemExit:\n    pass\n"
+            "import torch\n"
+            "print(os.environ.get('THP_MEM_ALLOC_ENABLE'), torch.empty(4 << 20, dtype=torch.uint8).data_ptr() % (2 << 20))")
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"} | env
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout.split()
+    return out[0], int(out[1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="torch's huge-page allocation is Linux-only")
+def test_the_cli_backs_large_tensors_with_huge_pages_unless_the_user_says_not():
+    assert _large_alloc_alignment({}) == ("1", 0)  # torch aligns them to 2 MB and asks for huge pages
+    setting, offset = _large_alloc_alignment({"THP_MEM_ALLOC_ENABLE": "0"})
+    assert setting == "0" and offset != 0

@@ -23,10 +23,11 @@ class Options:
     sr_steps: int = option(7, "Upsampler sampling steps.", stage="upsampler", low=1, high=1000)
     prior_guidance: float = option(4.0, "Prior classifier-free guidance scale (1 = none).", stage="prior", low=0.0)
     decoder_guidance: float = option(8.0, "Decoder classifier-free guidance scale (1 = none).", stage="decoder", low=0.0)
-    sampler: str = option("ddpm", "ddpm (ancestral, as Karlo), ddim, or dpmpp_2m (DPM-Solver++(2M), deterministic).",
-                          stage="all", choices=("ddpm", "ddim", "dpmpp_2m"))
+    sampler: str = option("ddpm", "ddpm (ancestral, as Karlo), ddim, dpmpp_2m (DPM-Solver++(2M), deterministic) "
+                          "or dpmpp_2m_sde (its stochastic form).",
+                          stage="all", choices=("ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_sde"))
     spacing: str = option("uniform", "Timestep spacing: uniform (even in t, as Karlo) or logsnr (even in log-SNR: "
-                          "fewer steps for dpmpp_2m).", stage="all", choices=("uniform", "logsnr"))
+                          "fewer steps for the dpmpp samplers).", stage="all", choices=("uniform", "logsnr"))
     resample: int = option(1, "Edits: RePaint resampling, each block of --jump steps sampled R times (R times the "
                            "network evaluations; 1 = none).", stage="edit", low=1, high=100)
     jump: int = option(5, "Edits: RePaint jump length in steps (with --resample > 1).", stage="edit", low=1, high=1000)

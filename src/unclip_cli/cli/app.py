@@ -7,6 +7,7 @@ out per verb: `with_options(...)` adds them from their one definition in `option
 
 import contextlib
 import inspect
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -306,6 +307,10 @@ def serve(
 
 
 def main() -> None:
+    # Before torch is imported: back tensors of 2 MB and more with transparent huge pages (read once by
+    # torch's CPU allocator). Measured on Karlo's fp32 decoder: 12-17% faster calls, 35-40% faster loads.
+    # A user's own setting wins.
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     app()
 
 
