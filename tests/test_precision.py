@@ -110,14 +110,14 @@ def test_png_and_json_record_dtype_and_spacing(home, tmp_path):
 def _large_alloc_alignment(env: dict) -> tuple[str, int]:
     """(THP_MEM_ALLOC_ENABLE, address of a 4 MB tensor mod 2 MB) in a process that ran the CLI's main first."""
     code = ("import os, sys\n"
-            "from unclip_cli.cli import app\n"
+            "from unclip_cli.cli.app import main\n"
             "assert 'torch' not in sys.modules\n"
             "sys.argv = ['unclip', '--help']\n"
-            "try:\n    app.main()\nexcept SystemExit:\n    pass\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
             "import torch\n"
             "print(os.environ.get('THP_MEM_ALLOC_ENABLE'), torch.empty(4 << 20, dtype=torch.uint8).data_ptr() % (2 << 20))")
     env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"} | env
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout.split()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout.splitlines()[-1].split()
     return out[0], int(out[1])
 
 
