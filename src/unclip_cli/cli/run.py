@@ -2,6 +2,7 @@
 run the cascade and write the PNGs. The one layer between `app.py` and the pipeline.
 """
 
+import dataclasses
 import json
 import os
 import secrets
@@ -316,7 +317,9 @@ def edit(image_path: Path, mask_path: Path | None, prompt: str | None, args: Run
     edit_mask = images.edit_mask(image, mask_image, str(mask_path) if mask_path else None, invert=region.invert)
     stages, opts, seeds = prepare(args, plan.count())
     if opts.resample > 1 and opts.sampler not in repaint.SUPPORTED:
-        raise UnclipError(f"--resample needs --sampler {' or '.join(repaint.SUPPORTED)}, not {opts.sampler}")
+        if args.sampling.get("sampler") is not None:
+            raise UnclipError(f"--resample needs --sampler {' or '.join(repaint.SUPPORTED)}, not {opts.sampler}")
+        opts = dataclasses.replace(opts, sampler="ddpm")  # the model's default sampler keeps a history: RePaint walks DDPM
     for p in plan.prompts:
         warn_prompt(stages, p.text)
     neg, record = _negative(stages, negative)
