@@ -245,7 +245,8 @@ def run_unclip(root: Path, generate: bool, steps: str) -> dict:
         p, d, s = _steps(steps)
         gc.collect()
         reset_peak()
-        opts = options.resolve(stages.spec.defaults, dict(prior_steps=p, decoder_steps=d, sr_steps=s), size)
+        opts = options.resolve(stages.spec.defaults, dict(prior_steps=p, decoder_steps=d, sr_steps=s, sampler="ddpm",
+                                                          spacing="uniform"), size)  # as diffusers samples
         progress = runner.StageProgress(quiet=True)
         t = time.perf_counter()
         image = pipeline.generate(stages, [PROMPT], opts, runner.generators([0]), progress)

@@ -4,7 +4,7 @@
     python benchmarks/bench_speed.py throughput          # this CPU's matrix-product and convolution GFLOP/s
 
 FOLDER is a diffusers-layout Karlo folder (random weights: `python benchmarks/bench_karlo.py make FOLDER`).
-A variant is `diffusers` (UnCLIPPipeline, fp32, its DDPM) or `unclip:DTYPE[:SAMPLER:SPACING[:P-D-S]]` (the real
+A variant is `diffusers[:P-D-S]` (UnCLIPPipeline, fp32, its DDPM) or `unclip:DTYPE[:SAMPLER:SPACING[:P-D-S]]` (the real
 `unclip generate` command), e.g. `unclip:fp32`, `unclip:bf16`, `unclip:bf16:dpmpp_2m:logsnr:12-12-4`. Every
 variant runs as its own process, the variants interleaved, `--runs` rounds (the machine is shared and noisy:
 the faster run counts); the same prompt, seed 0, 256x256 and, unless a variant names its own, the same steps.
@@ -55,8 +55,9 @@ def run_child(cmd: list[str]) -> dict:
 
 def parse_variant(v: str, steps: str) -> dict:
     parts = v.split(":")
-    if parts[0] == "diffusers":
-        return {"name": v, "kind": "diffusers", "dtype": "fp32", "sampler": "ddpm", "spacing": "uniform", "steps": steps}
+    if parts[0] == "diffusers":  # diffusers[:P-D-S]
+        return {"name": v, "kind": "diffusers", "dtype": "fp32", "sampler": "ddpm", "spacing": "uniform",
+                "steps": parts[1].replace("-", ",") if len(parts) > 1 else steps}
     dtype = parts[1] if len(parts) > 1 else "fp32"
     sampler = parts[2] if len(parts) > 2 else "ddpm"
     spacing = parts[3] if len(parts) > 3 else "uniform"

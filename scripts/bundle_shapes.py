@@ -17,9 +17,15 @@ STAGES = {"clip": "clip", "prior": "prior", "text_proj": "decoder", "decoder": "
 BEGIN, END = "# BEGIN shapes (written by scripts/bundle_shapes.py)", "# END shapes"
 DEFAULTS = """[models.shapes.defaults]
 size = 256  # the 256->1024 upsampler is undertrained (see README); --size 1024 still works
-prior_steps = 25
-decoder_steps = 25
-sr_steps = 10
+# Sampler: DPM-Solver++(2M) SDE, log-SNR spacing, 16/16/4 steps, chosen from the steps-vs-accuracy curve (README
+# "Speed", 2026-12-02): full-caption accuracy within 1 point of DDPM at 25/25/10 (32 px: 42.3% vs 42.5%; 256 px:
+# 46.7% vs 47.5%) in half the time; colour and shape 2-3 points lower. --sampler ddpm --spacing uniform
+# --prior-steps 25 --decoder-steps 25 --sr-steps 10 gives the previous defaults.
+sampler = "dpmpp_2m_sde"
+spacing = "logsnr"
+prior_steps = 16
+decoder_steps = 16
+sr_steps = 4
 prior_guidance = 3.0
 decoder_guidance = 3.0
 """

@@ -195,7 +195,8 @@ def test_folder_is_a_model(t2i, i2i):
     assert spec.format == "diffusers" and set(spec.stages) == {"clip", "prior", "text_proj", "decoder", "sr256", "sr256_last"}
     assert spec.stages["sr256_last"].path == root / "super_res_last" / "diffusion_pytorch_model.safetensors"
     assert spec.configs["clip"].path == root / "text_encoder" / "config.json"
-    assert spec.defaults == dict(prior_steps=25, decoder_steps=25, sr_steps=7, prior_guidance=4.0, decoder_guidance=8.0)
+    assert spec.defaults == dict(sampler="dpmpp_2m_sde", spacing="logsnr", prior_steps=16, decoder_steps=16, sr_steps=4,
+                                 prior_guidance=4.0, decoder_guidance=8.0)  # the registry's karlo defaults
     # each stage's diffusion spec, derived from its scheduler_config.json (karlo.md sec. 1.3)
     assert spec.diffusion == {
         "prior": DiffusionSpec(prediction="sample", variance="fixed_small", clamp=5.0),
@@ -489,7 +490,8 @@ def _stages(root: Path):
 def _ours(root, verb, inputs, seed, steps):
     stages, size = _stages(root)
     p, d, s = steps
-    opts = options.resolve(stages.spec.defaults, dict(prior_steps=p, decoder_steps=d, sr_steps=s), size)
+    opts = options.resolve(stages.spec.defaults, dict(prior_steps=p, decoder_steps=d, sr_steps=s, sampler="ddpm",
+                                                      spacing="uniform"), size)  # UnCLIPScheduler's DDPM
     gens = runner.generators([seed + i for i in range(len(inputs))])
     x = getattr(pipeline, verb)(stages, list(inputs), opts, gens)
     return np.stack([np.asarray(im) for im in images.to_pil(x)])
@@ -548,7 +550,8 @@ def _cli_images(args: list, monkeypatch) -> np.ndarray:
     from unclip_cli.cli.app import app
 
     monkeypatch.setenv("UNCLIP_QUIET", "1")
-    r = CliRunner().invoke(app, [str(a) for a in [*args, "--device", "cpu", "--dtype", "fp32", "--json"]])
+    ddpm = ["--sampler", "ddpm", "--spacing", "uniform"]  # UnCLIPScheduler's DDPM (our defaults are faster)
+    r = CliRunner().invoke(app, [str(a) for a in [*args, *ddpm, "--device", "cpu", "--dtype", "fp32", "--json"]])
     assert r.exit_code == 0, r.output
     paths = [p["path"] for p in json.loads(r.stdout.strip().splitlines()[-1])["images"]]
     return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])

@@ -100,7 +100,9 @@ def test_karlo_registry_entries_parse_and_are_pinned(tmp_path, monkeypatch) -> N
     karlo, variations = models["karlo"], models["karlo-variations"]
     assert set(karlo.stages) == {"clip", "prior", "text_proj", "decoder", "sr256", "sr256_last"}
     assert set(variations.stages) == {"clip", "clip_vision", "text_proj", "decoder", "sr256", "sr256_last"}
-    assert karlo.defaults == dict(prior_steps=25, decoder_steps=25, sr_steps=7, prior_guidance=4.0, decoder_guidance=8.0)
+    fast = dict(sampler="dpmpp_2m_sde", spacing="logsnr", decoder_steps=16, sr_steps=4)  # README "Speed"
+    assert karlo.defaults == dict(fast, prior_steps=16, prior_guidance=4.0, decoder_guidance=8.0)
+    assert variations.defaults == dict(fast, decoder_guidance=8.0)
     for spec in (karlo, variations):
         assert spec.format == "diffusers"
         assert set(spec.configs) == set(spec.stages)  # a config.json for every stage

@@ -23,8 +23,10 @@ FOLDERS = {
 # The scheduler each diffusion stage samples with.
 SCHEDULER_OF = {"prior": "prior_scheduler", "decoder": "decoder_scheduler", "sr256": "super_res_scheduler",
                 "sr256_last": "super_res_scheduler"}
-# Karlo's sampling defaults (UnCLIPPipeline's call defaults).
-DEFAULTS = dict(prior_steps=25, decoder_steps=25, sr_steps=7, prior_guidance=4.0, decoder_guidance=8.0)
+# The registry's karlo defaults: UnCLIPPipeline's guidance; DPM-Solver++(2M) SDE with the log-SNR spacing at 16/16/4
+# steps (README "Speed"; Karlo's own DDPM 25/25/7 with --sampler ddpm --spacing uniform and the step flags).
+DEFAULTS = dict(sampler="dpmpp_2m_sde", spacing="logsnr", prior_steps=16, decoder_steps=16, sr_steps=4,
+                prior_guidance=4.0, decoder_guidance=8.0)
 
 # UnCLIPScheduler's defaults for fields a scheduler_config.json leaves out, and its names -> ours.
 _SCHED_DEFAULT = dict(_class_name="UnCLIPScheduler", beta_schedule="squaredcos_cap_v2", variance_type="fixed_small_log",
