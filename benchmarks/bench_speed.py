@@ -204,6 +204,7 @@ def main(argv=None) -> int:
                       f"stages {res.get('stage_s')}  vs first {res.get('levels_vs_first')}", file=sys.stderr, flush=True)
     import torch
     summary = {"folder": str(folder), "steps": a.steps, "runs": a.runs, "prompt": PROMPT, "torch": torch.__version__,
+               "git": _git_revision(),
                "threads": torch.get_num_threads(), "cpu": _cpu_name(), "variants": {}}
     for v in variants:
         ok = [x for x in results[v["name"]] if x["rc"] == 0]
@@ -218,6 +219,17 @@ def main(argv=None) -> int:
         Path(a.json).write_text(text + "\n")
     print(table(summary))
     return 0
+
+
+def _git_revision() -> str:
+    """The commit the unclip variants ran, with "+changes" when the work tree differed from it."""
+    root = HERE.parent.parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "src"], cwd=root, capture_output=True, text=True).stdout
+    except OSError:
+        return "unknown"
+    return rev + ("+changes" if dirty.strip() else "") if rev else "unknown"
 
 
 def _cpu_name() -> str:

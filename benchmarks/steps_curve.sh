@@ -13,8 +13,8 @@ run() {  # name, then eval flags
   [ -f "$OUT/$name.json" ] && return 0
   /usr/bin/time -f "$name %e s" "$UNCLIP" eval shapes --per-prompt "$N" --seed 1000 --device cpu "$@" --out "$OUT/$name.json" >/dev/null
 }
-run fp32-ddpm-25 --dtype fp32 --sampler ddpm --prior-steps 25 --decoder-steps 25
-run bf16-ddpm-25 --dtype bf16 --sampler ddpm --prior-steps 25 --decoder-steps 25
+run fp32-ddpm-25 --dtype fp32 --sampler ddpm --spacing uniform --prior-steps 25 --decoder-steps 25
+run bf16-ddpm-25 --dtype bf16 --sampler ddpm --spacing uniform --prior-steps 25 --decoder-steps 25
 for s in 5 8 12; do
   run "bf16-dpmpp_2m-logsnr-$s" --dtype bf16 --sampler dpmpp_2m --spacing logsnr --prior-steps "$s" --decoder-steps "$s"
 done
@@ -22,3 +22,13 @@ run bf16-dpmpp_2m-uniform-8 --dtype bf16 --sampler dpmpp_2m --spacing uniform --
 for s in 8 12 16; do
   run "bf16-dpmpp_2m_sde-logsnr-$s" --dtype bf16 --sampler dpmpp_2m_sde --spacing logsnr --prior-steps "$s" --decoder-steps "$s"
 done
+# The same through the upsampler, judged at 256 px (30 prompts x 8 images): the old defaults against the new ones.
+OUT256=benchmarks/results/steps256
+mkdir -p "$OUT256"
+run256() {  # name, then eval flags
+  local name=$1; shift
+  [ -f "$OUT256/$name.json" ] && return 0
+  /usr/bin/time -f "$name %e s" "$UNCLIP" eval shapes --per-prompt 8 --seed 1000 --size 256 --device cpu "$@" --out "$OUT256/$name.json" >/dev/null
+}
+run256 bf16-ddpm-25-25-10 --dtype bf16 --sampler ddpm --spacing uniform --prior-steps 25 --decoder-steps 25 --sr-steps 10
+run256 bf16-dpmpp_2m_sde-logsnr-16-16-4 --dtype bf16 --sampler dpmpp_2m_sde --spacing logsnr --prior-steps 16 --decoder-steps 16 --sr-steps 4

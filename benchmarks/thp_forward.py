@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 
 def child(folder: str, stage: str, dtype_name: str, reps: int) -> None:
@@ -40,8 +41,14 @@ def child(folder: str, stage: str, dtype_name: str, reps: int) -> None:
             t = time.perf_counter()
             m(x, torch.tensor([500] * b), **kw)
             calls.append(round(time.perf_counter() - t, 2))
+    import resource
+
+    import unclip_cli
+
     thp = os.environ.get("THP_MEM_ALLOC_ENABLE", "0")
-    print(f"{stage} {dtype_name} THP_MEM_ALLOC_ENABLE={thp}: load {load:.2f} s, calls {calls} s", flush=True)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"{stage} {dtype_name} THP_MEM_ALLOC_ENABLE={thp} ({Path(unclip_cli.__file__).parents[1]}): load {load:.2f} s, "
+          f"calls {calls} s, peak RSS {rss:.2f} GB", flush=True)
 
 
 def main() -> None:

@@ -261,6 +261,28 @@ def test_help_lists_the_verbs():
         assert verb in r.stdout
 
 
+def test_the_sde_sampler_runs_every_verb_and_is_reproduced_by_its_seed(home, tmp_path):
+    """dpmpp_2m_sde with the log-SNR spacing (the bundled models' defaults): generate at 1024 is reproduced by its
+    seed and records both; an edit keeps every unmasked pixel (post_step after each step); vary --strength 0.5
+    starts from the noised input (img2img tail) and differs from strength 1."""
+    sde = ["--sampler", "dpmpp_2m_sde", "--spacing", "logsnr"]
+    args = ["generate", "a cat", "--size", 1024, *sde, *FAST, "-s", 3]
+    a, b = run_ok(*args, "-o", tmp_path / "a"), run_ok(*args, "-o", tmp_path / "b")
+    pa = a["images"][0]["path"]
+    assert np.array_equal(pixels(pa), pixels(b["images"][0]["path"]))
+    info = json.loads(invoke("info", pa, "--json").stdout)
+    assert info["sampler"] == "dpmpp_2m_sde" and info["spacing"] == "logsnr"
+    src = source_image(tmp_path / "src.png", 64)
+    mask, edited = mask_image(tmp_path / "m.png", 64)
+    edit = pixels(run_ok("edit", src, "a dog", "--mask", mask, "--size", 64, *sde, *FAST, "-s", 4,
+                         "-o", tmp_path / "e")["images"][0]["path"])
+    assert np.array_equal(edit[~edited], pixels(src)[~edited]) and not np.array_equal(edit[edited], pixels(src)[edited])
+    half, full = (pixels(run_ok("vary", src, "--size", 64, "--strength", st, *sde, *FAST_VARY, "-s", 5,
+                                "-o", tmp_path / f"v{st}")["images"][0]["path"]) for st in (0.5, 1))
+    assert not np.array_equal(half, full)
+    assert np.abs(half.astype(int) - pixels(src).astype(int)).mean() < np.abs(full.astype(int) - pixels(src).astype(int)).mean()
+
+
 @pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m"])
 def test_every_sampler_runs_every_stage(home, tmp_path, sampler):
     """The deterministic samplers give the same image twice and record themselves in the PNG."""

@@ -386,8 +386,8 @@ def test_dpmpp_2m_is_a_second_order_solver_of_the_flow_ode():
 
 def test_dpmpp_2m_sde_matches_diffusers_sde_dpmsolver_pp():
     """Our DPM-Solver++(2M) SDE is diffusers' DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++",
-    solver_order=2, midpoint) step for step, given the same timesteps, schedule and noise (measured 3.6e-7)."""
-    from diffusers import DPMSolverMultistepScheduler
+    solver_order=2, midpoint), given the same timesteps, schedule and noise: the final samples agree to 3.6e-7."""
+    DPMSolverMultistepScheduler = pytest.importorskip("diffusers").DPMSolverMultistepScheduler
 
     ts = D.spaced(SCHEDULE, 10, "logsnr")
     sch = DPMSolverMultistepScheduler(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2", solver_order=2,
@@ -424,3 +424,22 @@ def test_dpmpp_2m_sde_reproduces_gaussian_data_at_few_steps(steps):
     assert sde.mean().item() == pytest.approx(MU, abs=0.01)
     assert sde.std().item() == pytest.approx(SIGMA, rel=0.08)
     assert abs(ddpm.std().item() / SIGMA - 1) > 0.12
+
+
+def test_img2img_tail_starts_at_the_strengths_noise_level_whatever_the_spacing():
+    """vary --strength s starts where the last round(s * steps) of Karlo's even-in-t steps start; with the log-SNR
+    spacing the same number of steps then run evenly in log-SNR from there (not the last steps of the log-SNR list,
+    which sit near t = 0: s = 0.5 of 16 would start at t = 129 instead of 466)."""
+    abar = SCHEDULE.alphas_cumprod.double()
+    log_snr = torch.log(abar / (1 - abar))
+    for steps, s in ((16, 0.5), (16, 0.8), (25, 0.3), (10, 0.2)):
+        uniform = D.respace(T, steps)[-max(1, round(steps * s)):]
+        assert D.spaced_tail(SCHEDULE, steps, s, "uniform") == uniform  # as before
+        ts = D.spaced_tail(SCHEDULE, steps, s, "logsnr")
+        assert ts[0] == uniform[0] and len(ts) == len(uniform) and ts[-1] == 0
+        assert all(a > b for a, b in zip(ts, ts[1:]))
+        if len(ts) > 3:
+            gaps = [float(log_snr[b] - log_snr[a]) for a, b in zip(ts[:-1], ts[1:])]
+            assert max(gaps) - min(gaps) < 0.6 * (sum(gaps) / len(gaps))
+    assert D.spaced_tail(SCHEDULE, 16, 1.0, "logsnr") == D.spaced(SCHEDULE, 16, "logsnr")
+    assert D.spaced(SCHEDULE, 16, "logsnr")[-8] < 200  # what the plain tail would have started from

@@ -208,16 +208,17 @@ def test_resample_runs_changes_the_edit_and_keeps_the_rest(home, tmp_path):
 
 
 def test_resample_walks_ddpm_when_the_models_default_sampler_keeps_a_history(home, tmp_path):
-    """A model whose default sampler is a multistep one (dpmpp_2m_sde) still edits with --resample: RePaint walks
-    DDPM then, exactly as if --sampler ddpm were given; asking for the multistep sampler by name is refused."""
+    """A model whose default sampler is a multistep one (dpmpp_2m_sde, log-SNR spacing) still edits with --resample:
+    RePaint walks DDPM on even-in-t steps then, exactly as if --sampler ddpm --spacing uniform were given; asking for
+    the multistep sampler by name is refused."""
     toml = home / "weights.toml"
-    toml.write_text(toml.read_text().replace("sr_steps = 2\n", 'sr_steps = 2\nsampler = "dpmpp_2m_sde"\n', 1))
+    toml.write_text(toml.read_text().replace("sr_steps = 2\n", 'sr_steps = 2\nsampler = "dpmpp_2m_sde"\nspacing = "logsnr"\n', 1))
     src = picture(tmp_path / "s.png", 64, 64, seed=5)
     mask, _ = mask_file(tmp_path / "m.png", 64, 64, (32, 0, 64, 64))
     common = ["--mask", mask, "--size", 64, "--seed", 2, "--decoder-steps", 4, "--prior-steps", 2,
               "--resample", 2, "--jump", 2]
     default = run_ok("edit", src, "a dog", *common, "-o", tmp_path / "a")
-    ddpm = run_ok("edit", src, "a dog", *common, "--sampler", "ddpm", "-o", tmp_path / "b")
+    ddpm = run_ok("edit", src, "a dog", *common, "--sampler", "ddpm", "--spacing", "uniform", "-o", tmp_path / "b")
     assert np.array_equal(pixels(default["images"][0]["path"]), pixels(ddpm["images"][0]["path"]))
     plain = run_ok("edit", src, "a dog", *common[:-4], "-o", tmp_path / "c")  # no RePaint: the model's sampler
     assert not np.array_equal(pixels(plain["images"][0]["path"]), pixels(ddpm["images"][0]["path"]))

@@ -1,5 +1,7 @@
 """Stage networks on the tiny configs: forward shapes, masks, and config validation."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -251,3 +253,32 @@ def test_context_keys_and_values_are_reused_only_for_the_same_unchanged_context(
             attn.add_k_proj.weight.grad = None
     finally:
         hook.remove()
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_inference_writes_in_place_with_the_same_bits_as_autograd(decoder, text_proj, layout, dtype):
+    """Without autograd the res blocks reuse their tensors (SiLU, scale/shift, residual in place): bit for bit
+    what the autograd path computes, with and without attention (decoder, upsampler) and scale/shift or add."""
+    import copy
+
+    text = text_inputs(real_tokens=(6, 20))
+    with torch.no_grad():
+        emb, context, cmask = text_proj(torch.randn(B, tiny.TEXT_PROJ.clip_embeddings_dim), **text)
+    nets = [(copy.deepcopy(decoder), dict(emb=emb, context=context, context_mask=cmask), 3),
+            (tiny.randomize(UNet(tiny.SR), seed=4).eval(), dict(low_res=torch.randn(B, tiny.SR.in_channels - 3, 32, 32)), 3),
+            (tiny.randomize(UNet(dataclasses.replace(tiny.SR, scale_shift=True)), seed=5).eval(),
+             dict(low_res=torch.randn(B, tiny.SR.in_channels - 3, 32, 32)), 3)]
+    for net, kw, c in nets:
+        net = net.to(dtype)
+        if layout == "channels_last":
+            net.to_channels_last()
+        kw = {k: v.to(dtype) if v.is_floating_point() else v for k, v in kw.items()}
+        x = torch.randn(B, c, 32, 32).to(dtype)
+        with torch.enable_grad():
+            ref = net(x, torch.tensor([3, 700]), **kw)
+        with torch.no_grad():
+            out = net(x, torch.tensor([3, 700]), **kw)
+        with torch.inference_mode():
+            out2 = net(x, torch.tensor([3, 700]), **kw)
+        assert torch.equal(out, ref.detach()) and torch.equal(out2, ref.detach())

@@ -66,7 +66,8 @@ RUN_OPTIONS = {
                                                   "always recorded).")], None),
     "size": (Size, None),
     "device": (Device, "auto"),
-    "dtype": (Annotated[str, typer.Option(help="auto (fp16 on CUDA, bf16 on a CPU with native bf16, else fp32), fp32, fp16 or bf16.")], "auto"),
+    "dtype": (Annotated[str, typer.Option(help="auto (fp16 on CUDA, bf16 on a CPU with native bf16, else fp32), "
+                                               "fp32, fp16 or bf16.")], "auto"),
     "outdir": (Annotated[Path, typer.Option("--outdir", "-o", help="Folder for the PNGs (never overwrites).")],
                Path("outputs")),
     "json": (Json, False),

@@ -319,7 +319,8 @@ def edit(image_path: Path, mask_path: Path | None, prompt: str | None, args: Run
     if opts.resample > 1 and opts.sampler not in repaint.SUPPORTED:
         if args.sampling.get("sampler") is not None:
             raise UnclipError(f"--resample needs --sampler {' or '.join(repaint.SUPPORTED)}, not {opts.sampler}")
-        opts = dataclasses.replace(opts, sampler="ddpm")  # the model's default sampler keeps a history: RePaint walks DDPM
+        # the model's default sampler keeps a history: RePaint walks DDPM, on Karlo's even-in-t steps unless asked
+        opts = dataclasses.replace(opts, sampler="ddpm", spacing=args.sampling.get("spacing") or "uniform")
     for p in plan.prompts:
         warn_prompt(stages, p.text)
     neg, record = _negative(stages, negative)

@@ -85,15 +85,38 @@ def spaced(schedule: Schedule, steps: int, spacing: str = "uniform") -> list[int
         return respace(T, steps)
     if steps > T:
         raise ValueError(f"steps must be between 1 and {T}, got {steps}")
+    log_snr = _log_snr(schedule)
+    return _logsnr_ramp(log_snr, T - 1, max(float(log_snr[T - 1]), LOGSNR_FLOOR), steps)
+
+
+def _log_snr(schedule: Schedule) -> torch.Tensor:
     abar = schedule.alphas_cumprod.double()
-    log_snr = torch.log(abar / (1 - abar))  # rising as t falls
-    lo, hi = max(float(log_snr[T - 1]), LOGSNR_FLOOR), float(log_snr[0])
-    out = [T - 1]
+    return torch.log(abar / (1 - abar))  # rising as t falls
+
+
+def _logsnr_ramp(log_snr: torch.Tensor, first: int, lo: float, steps: int) -> list[int]:
+    """`first`, then steps - 1 timesteps evenly in log-SNR from `lo` up to t = 0's, strictly descending."""
+    hi = float(log_snr[0])
+    out = [first]
     for i in range(1, steps):
         target = lo + (hi - lo) * i / (steps - 1)
         t = min(int(torch.argmin((log_snr - target).abs())), out[-1] - 1)
         out.append(max(t, steps - 1 - i))  # leave room for the steps still to come
     return out
+
+
+def spaced_tail(schedule: Schedule, steps: int, strength: float, spacing: str = "uniform") -> list[int]:
+    """img2img's timesteps: round(steps * strength) of them (at least 1), starting where the last that many of
+    Karlo's even-in-t steps start (so a strength is the same noise level whatever the spacing), placed by
+    `spacing` from there down to 0 (for "uniform": exactly that tail)."""
+    uniform = spaced(schedule, steps, "uniform")
+    tail = uniform[-max(1, round(len(uniform) * strength)):]
+    if spacing == "uniform" or len(tail) <= 2:
+        return tail
+    if len(tail) == len(uniform):
+        return spaced(schedule, steps, spacing)
+    log_snr = _log_snr(schedule)
+    return _logsnr_ramp(log_snr, tail[0], float(log_snr[tail[0]]), len(tail))
 
 
 def alpha_bar_at(schedule: Schedule, t: int) -> torch.Tensor:

@@ -73,19 +73,25 @@ class ResBlock(nn.Module):
         return x
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        h = self._resample(F.silu(self.norm1(x)))
+        # Without autograd the elementwise steps write into the tensors they were just given (same values,
+        # bit for bit: the same operations in the same order), sparing a large allocation each.
+        inplace = not torch.is_grad_enabled()
+        h = self._resample(F.silu(self.norm1(x), inplace=inplace))
         x = self._resample(x)
         h = self.conv1(h)
         temb = self.time_emb_proj(F.silu(temb))[:, :, None, None]
         if self.scale_shift:
             scale, shift = temb.chunk(2, dim=1)
-            h = self.norm2(h) * (1 + scale) + shift
+            h = self.norm2(h)
+            h = h.mul_(1 + scale).add_(shift) if inplace else h * (1 + scale) + shift
         else:
-            h = self.norm2(h + temb)
-        h = self.conv2(self.dropout(F.silu(h)))
+            h = self.norm2(h.add_(temb) if inplace else h + temb)
+        h = self.conv2(self.dropout(F.silu(h, inplace=inplace)))
         if self.conv_shortcut is not None:
             x = self.conv_shortcut(x)
-        return x + h
+        # in place only on equal layouts: after attention x is channels-last strided, and x + h then takes
+        # that layout, which decides the next convolution's kernel (and its rounding)
+        return h.add_(x) if inplace and h.stride() == x.stride() else x + h
 
 
 class AttentionBlock(nn.Module):
@@ -275,4 +281,4 @@ class UNet(nn.Module):
             if block.upsamplers is not None:
                 h = block.upsamplers[0](h, temb)
 
-        return self.conv_out(F.silu(self.conv_norm_out(h)))
+        return self.conv_out(F.silu(self.conv_norm_out(h), inplace=not torch.is_grad_enabled()))

@@ -188,10 +188,9 @@ def _inpaint_channels(known, B: int, C: int, S: int, stages: Stages) -> torch.Te
 
 def noised_start(schedule, steps: int, image: torch.Tensor, strength: float, noise: torch.Tensor,
                  spacing: str = "uniform"):
-    """img2img: the last round(steps * strength) (at least 1) of the usual timesteps, and the image
-    noised to the first of them with `noise`. Returns (x, timesteps)."""
-    timesteps = gaussian.spaced(schedule, steps, spacing)
-    timesteps = timesteps[-max(1, round(len(timesteps) * strength)):]
+    """img2img: round(steps * strength) (at least 1) timesteps from the noise level `strength` names
+    (`gaussian.spaced_tail`), and the image noised to the first of them with `noise`. Returns (x, timesteps)."""
+    timesteps = gaussian.spaced_tail(schedule, steps, strength, spacing)
     return gaussian.q_sample(schedule, image.float(), timesteps[0], noise), timesteps
 
 
