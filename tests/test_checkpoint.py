@@ -278,3 +278,35 @@ def test_bad_diffusion_metadata_is_one_line(tmp_path):
     save_file(prior_state(), str(path), metadata=meta)
     with pytest.raises(UnclipError, match="stage 'prior': bad checkpoint metadata .*prediction"):
         checkpoint.check_file(path, "prior", "prior")
+
+
+@pytest.mark.parametrize("how", ["threads", "one thread", "no positional reads", "short reads"])
+def test_read_tensors_gives_every_tensor_exactly(tmp_path, monkeypatch, how):
+    """Parallel positional reads (or the one-thread seek/readinto path, or reads the OS cuts short, as Linux does
+    past 2 GB) give safetensors' own tensors, bit for bit, for every dtype and an empty tensor; casting happens as
+    they are read."""
+    from safetensors.torch import load_file
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {f"w{i}": torch.randn(37, i + 1, generator=g) for i in range(40)}
+    tensors |= {"big": torch.randn(3, 1 << 20, generator=g), "half": torch.randn(5, 7, generator=g).half(),
+                "bf": torch.randn(9, generator=g).bfloat16(), "ids": torch.arange(11), "flags": torch.tensor([True, False]),
+                "empty": torch.zeros(0, 4)}
+    path = tmp_path / "t.safetensors"
+    save_file(tensors, str(path))
+    if how == "one thread":
+        monkeypatch.setattr(checkpoint, "READ_THREADS", 1)
+    if how == "no positional reads":
+        monkeypatch.delattr(os, "preadv")
+    if how == "short reads":
+        real = os.preadv
+        monkeypatch.setattr(os, "preadv", lambda fd, bufs, offset: real(fd, [bufs[0][:4096]], offset))
+    ref = load_file(str(path))
+    got = checkpoint.read_tensors(path, "prior")
+    assert list(got) == list(ref)
+    for k in ref:
+        assert got[k].dtype == ref[k].dtype and torch.equal(got[k], ref[k]), k
+    cast = checkpoint.read_tensors(path, "prior", dtype=torch.bfloat16)
+    for k in ref:
+        want = ref[k].to(torch.bfloat16) if ref[k].is_floating_point() else ref[k]
+        assert cast[k].dtype == want.dtype and torch.equal(cast[k], want), k
