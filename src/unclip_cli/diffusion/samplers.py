@@ -124,24 +124,7 @@ def dpmpp_2m(
     """DPM-Solver++(2M) (Lu et al. 2022): the deterministic multistep solver of the probability-flow ODE
     in its data-prediction form, second order from the second step on. Uses only x0 (a learned variance
     is ignored); the step that reaches t = 0 data returns the last x0, as k-diffusion does."""
-    old_x0, old_h = None, None
-    for i, t, prev in _steps(timesteps, -1):
-        pred = denoise(x, t)
-        if prev < 0:
-            x = pred.x0
-        else:
-            abar_t, abar_prev = float(schedule.alphas_cumprod[t]), float(D.alpha_bar_at(schedule, prev))
-            lam_t, lam_prev = (0.5 * math.log(a / (1 - a)) for a in (abar_t, abar_prev))  # log(alpha / sigma)
-            h = lam_prev - lam_t
-            d = pred.x0
-            if old_x0 is not None:
-                r = old_h / h
-                d = (1 + 1 / (2 * r)) * pred.x0 - (1 / (2 * r)) * old_x0
-            x = ((1 - abar_prev) / (1 - abar_t)) ** 0.5 * x - abar_prev**0.5 * math.expm1(-h) * d
-            old_h = h
-        old_x0 = pred.x0
-        x = _after_step(x, i, t, prev, post_step, callback)
-    return x
+    return _multistep_2m(_ode_step, denoise, x, schedule, timesteps, generators, callback, post_step)
 
 
 def dpmpp_2m_sde(
@@ -159,6 +142,12 @@ def dpmpp_2m_sde(
     exp(-h) of the ODE's x-coefficient and injects fresh noise sigma_prev * sqrt(1 - exp(-2h)), so like
     DDPM it can correct its own errors, at a second order's few steps. Uses only x0; the step that
     reaches t = 0 data returns the last x0."""
+    return _multistep_2m(_sde_step, denoise, x, schedule, timesteps, generators, callback, post_step)
+
+
+def _multistep_2m(step, denoise, x, schedule, timesteps, generators, callback, post_step) -> torch.Tensor:
+    """The loop both DPM-Solver++(2M) forms share: `step(x, x0, old_x0, r, h, abar_t, abar_prev, generators)`
+    takes one step of log-SNR/2 size h; r = old h / h (None on the first, first-order step)."""
     old_x0, old_h = None, None
     for i, t, prev in _steps(timesteps, -1):
         pred = denoise(x, t)
@@ -166,19 +155,28 @@ def dpmpp_2m_sde(
             x = pred.x0
         else:
             abar_t, abar_prev = float(schedule.alphas_cumprod[t]), float(D.alpha_bar_at(schedule, prev))
-            lam_t, lam_prev = (0.5 * math.log(a / (1 - a)) for a in (abar_t, abar_prev))
+            lam_t, lam_prev = (0.5 * math.log(a / (1 - a)) for a in (abar_t, abar_prev))  # log(alpha / sigma)
             h = lam_prev - lam_t
-            sigma_t, sigma_prev = (1 - abar_t) ** 0.5, (1 - abar_prev) ** 0.5
-            x = sigma_prev / sigma_t * math.exp(-h) * x - abar_prev**0.5 * math.expm1(-2 * h) * pred.x0
-            if old_x0 is not None:
-                r = old_h / h
-                x = x - 0.5 * abar_prev**0.5 * math.expm1(-2 * h) * (pred.x0 - old_x0) / r
-            noise = randn(x.shape, generators, x.device, x.dtype)
-            x = x + sigma_prev * (-math.expm1(-2 * h)) ** 0.5 * noise
+            r = None if old_x0 is None else old_h / h
+            x = step(x, pred.x0, old_x0, r, h, abar_t, abar_prev, generators)
             old_h = h
         old_x0 = pred.x0
         x = _after_step(x, i, t, prev, post_step, callback)
     return x
+
+
+def _ode_step(x, x0, old_x0, r, h, abar_t, abar_prev, generators):
+    d = x0 if r is None else (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * old_x0
+    return ((1 - abar_prev) / (1 - abar_t)) ** 0.5 * x - abar_prev**0.5 * math.expm1(-h) * d
+
+
+def _sde_step(x, x0, old_x0, r, h, abar_t, abar_prev, generators):
+    sigma_t, sigma_prev = (1 - abar_t) ** 0.5, (1 - abar_prev) ** 0.5
+    x = sigma_prev / sigma_t * math.exp(-h) * x - abar_prev**0.5 * math.expm1(-2 * h) * x0
+    if r is not None:
+        x = x - 0.5 * abar_prev**0.5 * math.expm1(-2 * h) * (x0 - old_x0) / r
+    noise = randn(x.shape, generators, x.device, x.dtype)
+    return x + sigma_prev * (-math.expm1(-2 * h)) ** 0.5 * noise
 
 
 SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "dpmpp_2m": dpmpp_2m, "dpmpp_2m_sde": dpmpp_2m_sde}
