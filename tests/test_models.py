@@ -282,3 +282,52 @@ def test_inference_writes_in_place_with_the_same_bits_as_autograd(decoder, text_
         with torch.inference_mode():
             out2 = net(x, torch.tensor([3, 700]), **kw)
         assert torch.equal(out, ref.detach()) and torch.equal(out2, ref.detach())
+
+
+# open_clip's optional imports -----------------------------------------------------------------
+
+_IMPORT_PROBE = """
+import importlib.util, json, sys
+{pre}
+from unclip_cli.models import clip
+oc = clip.import_open_clip()
+seen = {{name: name in sys.modules for name in clip.OPTIONAL_IMPORTS}}
+import open_clip.hf_model as hf
+import transformers  # still importable afterwards
+print(json.dumps({{"seen": seen, "hf_has_transformers": hf.transformers is not None,
+                   "clip": oc.model.CLIP.__name__, "after": "transformers" in sys.modules}}))
+"""
+
+
+def _probe(pre: str) -> dict:
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _IMPORT_PROBE.format(pre=pre)], capture_output=True, text=True,
+                         check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_open_clip_is_imported_without_its_optional_libraries_which_stay_importable():
+    pytest.importorskip("transformers")
+    got = _probe("")
+    assert got["seen"] == {"transformers": False, "timm": False}
+    assert got["clip"] == "CLIP" and not got["hf_has_transformers"]
+    assert got["after"]  # the held-back library imports normally once open_clip is in
+
+
+def test_open_clip_keeps_a_library_the_process_already_loaded():
+    pytest.importorskip("transformers")
+    got = _probe("import transformers")
+    assert got["seen"]["transformers"] and got["hf_has_transformers"]
+
+
+def test_a_clip_config_naming_a_hugging_face_tower_is_refused_in_one_line():
+    from unclip_cli.errors import UnclipError
+    from unclip_cli.weights import checkpoint
+
+    config = dict(tiny.CLIP)
+    config["text_cfg"] = {**config["text_cfg"], "hf_model_name": "roberta-base"}
+    with pytest.raises(UnclipError, match="stage 'clip'.*text_cfg.*Hugging Face"):
+        checkpoint.instantiate("clip", config, "clip")

@@ -129,7 +129,10 @@ def instantiate(kind: str, config: dict, stage: str = "?"):
     if kind not in kinds:
         raise UnclipError(f"stage '{stage}': unknown checkpoint kind '{kind}'")
     ctor, cfg_cls = kinds[kind]
-    return ctor(config_from_dict(cfg_cls, config))
+    try:
+        return ctor(config_from_dict(cfg_cls, config))
+    except ValueError as e:
+        raise UnclipError(f"stage '{stage}': {e}") from None
 
 
 def load_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], stage: str, device, dtype):
