@@ -32,7 +32,7 @@ UNCLIP = $(BIN)/unclip
 train-shapes: $(BIN)/.installed
 	test -d data/shapes-256 || $(UNCLIP) data shapes --count 20000 --out data/shapes-256 --seed 0 --size 256
 	test -d data/shapes-sw || $(UNCLIP) data shapes --count 12000 --out data/shapes-sw --seed 21 --size 256 --size-word-prob 0.5
-	test -d data/shapes-1024 || $(UNCLIP) data shapes --count 400 --out data/shapes-1024 --seed 1 --size 1024
+	test -d data/shapes-1024-400 || $(UNCLIP) data shapes --count 400 --out data/shapes-1024-400 --seed 1 --size 1024
 	$(UNCLIP) train clip -c configs/shapes/clip.toml -o runs/shapes/clip
 	$(UNCLIP) train prior -c configs/shapes/prior.toml -o runs/shapes/prior
 	$(BIN)/torchrun --nproc_per_node 2 -m unclip_cli train decoder -c configs/shapes/decoder.toml -o runs/shapes/decoder

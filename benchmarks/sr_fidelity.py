@@ -1,7 +1,7 @@
 """How faithfully an upsampler stage keeps a true image: true low-res renders of the shapes world in, the stage's
 output against the true high-res render of the same scene.
 
-    python benchmarks/sr_fidelity.py [--model shapes] [--stages sr256,sr1024] [--n 8] [--seed 0] [--json OUT]
+    python benchmarks/sr_fidelity.py [--model shapes] [--stages sr256,sr1024] [--n 8] [--seed 0] [--threads 2] [--json OUT]
 
 For each of --n scenes drawn from the shapes world (numpy seed --seed) and each stage, the scene is rendered at the
 stage's input size, upsampled by the stage with the model's default sampler and steps (generator seed 0), and

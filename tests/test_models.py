@@ -1,6 +1,7 @@
 """Stage networks on the tiny configs: forward shapes, masks, and config validation."""
 
 import dataclasses
+import importlib.util
 
 import pytest
 import torch
@@ -290,44 +291,69 @@ _IMPORT_PROBE = """
 import importlib.util, json, sys
 {pre}
 from unclip_cli.models import clip
+clip.OPTIONAL_IMPORTS = {held!r}
 oc = clip.import_open_clip()
-seen = {{name: name in sys.modules for name in clip.OPTIONAL_IMPORTS}}
-import open_clip.hf_model as hf
-import transformers  # still importable afterwards
-print(json.dumps({{"seen": seen, "hf_has_transformers": hf.transformers is not None,
-                   "clip": oc.model.CLIP.__name__, "after": "transformers" in sys.modules}}))
+seen = {{name: name in sys.modules for name in {held!r}}}
+import open_clip.hf_model as hf, open_clip.timm_model as tm
+reimported = {{name: importlib.import_module(name).__name__ for name in {held!r}}}
+print(json.dumps({{"seen": seen, "hf_has_transformers": hf.transformers is not None, "has_timm": tm.timm is not None,
+                   "clip": oc.model.CLIP.__name__, "reimported": reimported}}))
 """
 
 
-def _probe(pre: str) -> dict:
+def _probe(pre: str = "", held=("transformers", "timm")) -> dict:
     import json
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-c", _IMPORT_PROBE.format(pre=pre)], capture_output=True, text=True,
-                         check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    r = subprocess.run([sys.executable, "-c", _IMPORT_PROBE.format(pre=pre, held=tuple(held))], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def test_open_clip_is_imported_without_its_optional_libraries_which_stay_importable():
-    pytest.importorskip("transformers")
-    got = _probe("")
-    assert got["seen"] == {"transformers": False, "timm": False}
-    assert got["clip"] == "CLIP" and not got["hf_has_transformers"]
-    assert got["after"]  # the held-back library imports normally once open_clip is in
+    held = ["timm"] + (["transformers"] if importlib.util.find_spec("transformers") else [])
+    got = _probe(held=held)
+    assert got["seen"] == {name: False for name in held}  # open_clip came in without them
+    assert not got["has_timm"] and got["clip"] == "CLIP"
+    if "transformers" in held:
+        assert not got["hf_has_transformers"]
+    assert got["reimported"] == {name: name for name in held}  # and they import normally afterwards
 
 
 def test_open_clip_keeps_a_library_the_process_already_loaded():
-    pytest.importorskip("transformers")
-    got = _probe("import transformers")
-    assert got["seen"]["transformers"] and got["hf_has_transformers"]
+    got = _probe(pre="import timm")
+    assert got["seen"]["timm"] and got["has_timm"]
 
 
-def test_a_clip_config_naming_a_hugging_face_tower_is_refused_in_one_line():
+def test_an_open_clip_that_needs_a_held_back_library_is_imported_plainly():
+    # torchvision is imported unconditionally by open_clip: holding it back must not break the import
+    got = _probe(held=("torchvision",))
+    assert got["clip"] == "CLIP" and got["seen"] == {"torchvision": True}
+
+
+@pytest.mark.parametrize("tower,key", [("text_cfg", "hf_model_name"), ("vision_cfg", "timm_model_name")])
+def test_a_clip_config_naming_a_foreign_tower_is_refused_in_one_line(tower, key):
     from unclip_cli.errors import UnclipError
     from unclip_cli.weights import checkpoint
 
     config = dict(tiny.CLIP)
-    config["text_cfg"] = {**config["text_cfg"], "hf_model_name": "roberta-base"}
-    with pytest.raises(UnclipError, match="stage 'clip'.*text_cfg.*Hugging Face"):
+    config[tower] = {**config[tower], key: "some-model"}
+    with pytest.raises(UnclipError, match=f"stage 'clip'.*{tower}.*Hugging Face") as e:
         checkpoint.instantiate("clip", config, "clip")
+    assert "\n" not in str(e.value)
+
+
+def test_training_a_clip_with_a_foreign_tower_is_a_one_line_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from unclip_cli.cli.app import app
+
+    cfg = tmp_path / "clip.toml"
+    cfg.write_text('[model]\nembed_dim = 32\n[model.vision_cfg]\nimage_size = 32\npatch_size = 8\n'
+                   '[model.text_cfg]\nhf_model_name = "roberta-base"\n[data]\nfolder = "nowhere"\n')
+    r = CliRunner().invoke(app, ["train", "clip", "-c", str(cfg), "-o", str(tmp_path / "out")])
+    assert r.exit_code != 0 and isinstance(r.exception, SystemExit), r.exception
+    err = r.stderr.strip()
+    assert len(err.splitlines()) == 1 and "text_cfg" in err and "Traceback" not in err, err

@@ -1,6 +1,6 @@
 """The CLIP stage, through open_clip: text -> (embedding, token states, mask); image -> embedding.
 
-Any open_clip model config works; the config travels with the weights. The only module that imports open_clip. Token states are computed
+Any config of open_clip's own towers works (timm and Hugging Face towers are refused); the config travels with the weights. The only module that imports open_clip. Token states are computed
 explicitly from open_clip's text tower (no hooks): token embedding + positions -> causal transformer
 -> final LayerNorm, and the pooled embedding is the end-of-text state times the text projection.
 Embeddings are projected but not L2-normalised, as unCLIP uses them.
@@ -28,7 +28,9 @@ class TextEncoding:
 
 
 # open_clip imports these at start-up only for towers we never build (Hugging Face text towers, timm vision
-# towers, CoCa generation); they cost ~2.8 s of a cold command (transformers ~2.0 s when installed, timm ~0.8 s).
+# towers, CoCa generation). Import-time profile: transformers ~2.0 s when installed, timm ~0.8 s; held back, a cold
+# command was 1.3 s faster on average (README "Start-up"; part of what they import is imported anyway).
+# In a process that imported open_clip through here, open_clip's HF/timm towers stay unavailable.
 OPTIONAL_IMPORTS = ("transformers", "timm")
 
 
@@ -37,7 +39,8 @@ def import_open_clip():
 
     A None in sys.modules makes `import transformers` raise ImportError, which open_clip catches and then
     leaves its HF/timm towers unavailable; the entries are removed again afterwards, so the libraries stay
-    importable for everything else in the process."""
+    importable for everything else in the process. An open_clip that cannot import without them is
+    dropped half-imported and imported again plainly."""
     if "open_clip" in sys.modules:
         return sys.modules["open_clip"]
     held = [name for name in OPTIONAL_IMPORTS if name not in sys.modules]
@@ -45,17 +48,25 @@ def import_open_clip():
         sys.modules[name] = None
     try:
         import open_clip
+
+        return open_clip
+    except ImportError:
+        for name in [m for m in sys.modules if m.split(".")[0] == "open_clip"]:
+            del sys.modules[name]
     finally:
         for name in held:
             if name in sys.modules and sys.modules[name] is None:
                 del sys.modules[name]
+    import open_clip
+
     return open_clip
 
 
 def build_model(config: dict):
     """An open_clip CLIP from a config dict {embed_dim, vision_cfg, text_cfg, quick_gelu}."""
     for tower in ("vision_cfg", "text_cfg"):
-        if any(config.get(tower, {}).get(k) for k in ("timm_model_name", "hf_model_name")):
+        cfg = config.get(tower)
+        if isinstance(cfg, dict) and any(cfg.get(k) for k in ("timm_model_name", "hf_model_name")):
             raise ValueError(f"CLIP {tower} names a timm/Hugging Face tower; only open_clip's own towers are supported")
     return import_open_clip().model.CLIP(**config)
 

@@ -67,7 +67,10 @@ class Task:
 class ClipTask(Task):
     def __init__(self, raw: dict, d):
         self.config = dict(raw["model"])
-        self.module = clip.build_model(self.config)
+        try:
+            self.module = clip.build_model(self.config)
+        except (ValueError, TypeError) as e:
+            raise UnclipError(f"training config [model]: {e}") from None
         size = clip.image_size(self.module)
         self.images, captions = load_images(raw["data"]["folder"], size, raw["data"].get("limit"))
         self.tokenize = clip.Tokenizer(self.module.positional_embedding.shape[0])
