@@ -29,7 +29,7 @@ class TextEncoding:
 
 # open_clip imports these at start-up only for towers we never build (Hugging Face text towers, timm vision
 # towers, CoCa generation). Import-time profile: transformers ~2.0 s when installed, timm ~0.8 s; held back, a cold
-# command was 1.3 s faster on average (README "Start-up"; part of what they import is imported anyway).
+# `unclip generate` on shapes was 2.3-2.7 s faster on average (README "Start-up", benchmarks/cold_start.sh).
 # In a process that imported open_clip through here, open_clip's HF/timm towers stay unavailable.
 OPTIONAL_IMPORTS = ("transformers", "timm")
 
