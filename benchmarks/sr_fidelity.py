@@ -20,15 +20,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from unclip_cli.options import Options
-from unclip_cli.pipeline import cascade, stages as stages_mod
+from unclip_cli import options
+from unclip_cli.pipeline import cascade, images, stages as stages_mod
 from unclip_cli.shapes import world
 
 SIZES = {"sr256": (32, 256), "sr1024": (256, 1024)}
-
-
-def to_tensor(image) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
 
 
 def errors(out: torch.Tensor, truth: torch.Tensor) -> dict:
@@ -50,10 +46,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     st, _ = stages_mod.open_model(args.model, "cpu", torch.float32, 1024)
-    d = st.spec.defaults
-    opts = Options(prior_steps=16, decoder_steps=16, sr_steps=d.get("sr_steps", 4), prior_guidance=3.0,
-                   decoder_guidance=3.0, sampler=d.get("sampler", "ddpm"), spacing=d.get("spacing", "uniform"),
-                   resample=1, jump=5, size=1024)
+    opts = options.resolve(st.spec.defaults, {}, 1024)
     rng = np.random.default_rng(args.seed)
     scenes = [world.sample_scene(rng) for _ in range(args.n)]
     rows = {}
@@ -61,7 +54,7 @@ def main() -> None:
         lo, hi = SIZES[stage]
         per = {"stage": [], "bicubic": []}
         for scene in scenes:
-            low, truth = to_tensor(world.render(scene, lo)), to_tensor(world.render(scene, hi))
+            low, truth = (images.to_tensor(world.render(scene, s))[None] for s in (lo, hi))
             out = cascade.upsample_stage(st, stage, low, hi, opts, [torch.Generator().manual_seed(0)])
             per["stage"].append(errors(out.float(), truth))
             bicubic = F.interpolate(low, size=(hi, hi), mode="bicubic", align_corners=False, antialias=True).clamp(-1, 1)

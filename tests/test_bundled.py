@@ -63,26 +63,21 @@ def test_bundled_1024_upsampler_keeps_a_true_renders_colours(offline):
     import numpy as np
     import torch
 
-    from unclip_cli.options import Options
-    from unclip_cli.pipeline import cascade, stages as stages_mod
+    from unclip_cli import options
+    from unclip_cli.pipeline import cascade, images, stages as stages_mod
     from unclip_cli.shapes import world
 
     st, _ = stages_mod.open_model("shapes", "cpu", torch.float32, 1024)
-    d = st.spec.defaults
-    opts = Options(prior_steps=16, decoder_steps=16, sr_steps=d["sr_steps"], prior_guidance=3.0, decoder_guidance=3.0,
-                   sampler=d["sampler"], spacing=d["spacing"], resample=1, jump=5, size=1024)
+    opts = options.resolve(st.spec.defaults, {}, 1024)
     scene = world.scene_from_caption("a large red circle above a small blue square", np.random.default_rng(0))
-
-    def pixels(size):
-        return torch.from_numpy(np.asarray(world.render(scene, size).convert("RGB")).copy()).permute(2, 0, 1)[None]
-
-    out = cascade.upsample_stage(st, "sr1024", pixels(256).float() / 127.5 - 1, 1024, opts,
+    out = cascade.upsample_stage(st, "sr1024", images.to_tensor(world.render(scene, 256))[None], 1024, opts,
                                  [torch.Generator().manual_seed(0)])
-    got = ((out[0].float().clamp(-1, 1) + 1) * 127.5).permute(1, 2, 0).numpy()
-    truth = pixels(1024)[0].permute(1, 2, 0).numpy().astype(np.float32)
+    result = images.to_pil(out)[0]
+    got = np.asarray(result).astype(np.float32)
+    truth = np.asarray(world.render(scene, 1024).convert("RGB")).astype(np.float32)
     background = np.abs(truth - truth[0, 0]).sum(-1) < 1
     err = np.abs(got - truth)
     assert err[background].mean() < 8, err[background].mean()
     assert err[~background].mean() < 30, err[~background].mean()
-    found = [(o["color"], o["shape"]) for o in judge.detect(Image.fromarray(got.round().astype(np.uint8)))]
+    found = [(o["color"], o["shape"]) for o in judge.detect(result)]
     assert sorted(found) == [("blue", "square"), ("red", "circle")], found
