@@ -66,7 +66,7 @@ def check(name: str, value) -> str | None:
     if o.type is float and not math.isfinite(value):
         return f"{o.flag} must be a finite number, got {value}"
     if o.choices and value not in o.choices:
-        return f"{o.flag} must be {' or '.join(o.choices)}, got '{value}'"
+        return f"{o.flag} must be {' or '.join(o.choices)}, got {value!r}"
     if o.low is not None and o.high is not None and not o.low <= value <= o.high:
         return f"{o.flag} must be between {o.low} and {o.high}, got {value}"
     if o.low is not None and value < o.low:
