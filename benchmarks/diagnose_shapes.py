@@ -1,6 +1,7 @@
 """Where do the `shapes` model's caption errors come from? CLIP, the prior, or the decoder.
 
 Usage: python benchmarks/diagnose_shapes.py [--model shapes] [--per-prompt 8] [--relations 300]
+       python benchmarks/diagnose_shapes.py --clip runs/x/clip.safetensors   (checks 4 and 5 only)
 On true renders of the held-out prompts (shapes.scene_from_caption, seeded):
 1. CLIP retrieval: is each render's embedding closest to its own prompt's among the 24 prompts?
 2. Prior: is the prior's embedding for a prompt nearest to a render of that same prompt?
@@ -20,9 +21,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from unclip_cli.models import clip
 from unclip_cli.options import Options
 from unclip_cli.pipeline import cascade as pipeline, images, stages as stages_mod
 from unclip_cli.shapes import judge, world as shapes
+from unclip_cli.weights import checkpoint
 
 
 def main() -> None:
@@ -31,7 +34,13 @@ def main() -> None:
     ap.add_argument("--per-prompt", type=int, default=8)
     ap.add_argument("--relations", type=int, default=300)
     ap.add_argument("--guidance", type=float, default=3.0)
+    ap.add_argument("--clip", metavar="FILE", help="only the CLIP checks (4 and 5), on this CLIP stage file")
     args = ap.parse_args()
+    if args.clip:
+        enc = file_encoders(args.clip)
+        print(json.dumps({"clip": args.clip, **relation_checks(*enc, args.relations),
+                          "clip_linear_probes": layout_probe(enc[0])}, indent=1))
+        return
     stages, _ = stages_mod.open_model(args.model, "cpu", torch.float32, None, keep_loaded=True)
     size = stages.decoder_size()
     opts = Options(size=size, decoder_guidance=args.guidance, prior_guidance=3.0)
@@ -57,44 +66,72 @@ def main() -> None:
         x = pipeline.decoder_stage(stages, pipeline.encode_images(stages, renders[sl]), t, u, opts, gens[sl])
         verdicts += [judge.judge(im, c) for im, c in zip(images.to_pil(x), caps[sl])]
 
-    rel_ok = order_ok = 0
-    text_cos = []
-    rrng = np.random.default_rng(1)
-    for _ in range(args.relations):
-        sc = shapes.sample_scene(rrng, two_objects_prob=1.0)
-        a, b = sc.objects
-        cap = lambda r, x, y: f"a {x.color} {x.shape} {r} a {y.color} {y.shape}"  # noqa: E731
-        cands = [cap(r, a, b) for r in shapes.RELATIONS] + [cap(sc.relation, b, a)]
-        e = F.normalize(pipeline.encode_images(stages, [shapes.render(sc, 256)]), dim=-1)
-        tt, _ = pipeline.encode_text(stages, cands)
-        tn = F.normalize(tt.embed, dim=-1)
-        s = (e @ tn.T)[0]
-        c = tn[:4] @ tn[:4].T
-        text_cos.append(float((c.sum() - c.diagonal().sum()) / 12))
-        truth = shapes.RELATIONS.index(sc.relation)
-        rel_ok += int(s[:4].argmax()) == truth
-        order_ok += bool(s[truth] > s[4])
-
-    layout = layout_probe(stages)
+    relations = relation_checks(*encoders(stages), args.relations)
+    layout = layout_probe(encoders(stages)[0])
 
     print(json.dumps({
         "model": args.model, "decoder_size": size, "per_prompt": args.per_prompt,
         "clip_retrieval_top1_of_24": round(float(retrieval), 4),
         "prior_nearest_render_same_prompt": round(float(prior_nn), 4),
         "decoder_from_true_embeddings": judge.summarize(verdicts),
-        "clip_relation_top1_of_4": round(rel_ok / args.relations, 4) if args.relations else None,
-        "clip_order_a_rel_b_vs_b_rel_a": round(order_ok / args.relations, 4) if args.relations else None,
-        "clip_text_cosine_between_relations": round(float(np.mean(text_cos)), 4) if args.relations else None,
+        **relations,
         "clip_linear_probes": layout,
     }, indent=1))
 
 
-def layout_probe(stages, n_train: int = 2400, n_test: int = 600) -> dict:
+def encoders(stages):
+    """(images -> embeddings, prompts -> embeddings) through a model's CLIP."""
+    return (lambda ims: pipeline.encode_images(stages, ims), lambda ps: pipeline.encode_text(stages, ps)[0].embed)
+
+
+def file_encoders(path: str):
+    """The same for a bare CLIP stage file (e.g. one a training run just exported)."""
+    model, _ = checkpoint.build(path, "clip", expect_kind="clip")
+    tok, size = clip.Tokenizer(model.positional_embedding.shape[0]), clip.image_size(model)
+
+    def images_fn(ims):
+        with torch.no_grad():
+            return clip.encode_image(model, torch.stack([clip.preprocess(im, size) for im in ims]))
+
+    def text_fn(prompts):
+        with torch.no_grad():
+            return clip.encode_text(model, *tok(prompts)[:2]).embed
+
+    return images_fn, text_fn
+
+
+def relation_checks(encode_images, encode_text, n: int) -> dict:
+    """On n random two-object renders: the right relation among the four, "A rel B" over "B rel A", and the
+    mean cosine between the text embeddings of the four captions that differ only in the relation."""
+    if not n:
+        return {"clip_relation_top1_of_4": None, "clip_order_a_rel_b_vs_b_rel_a": None,
+                "clip_text_cosine_between_relations": None}
+    rel_ok = order_ok = 0
+    text_cos = []
+    rrng = np.random.default_rng(1)
+    for _ in range(n):
+        sc = shapes.sample_scene(rrng, two_objects_prob=1.0)
+        a, b = sc.objects
+        cap = lambda r, x, y: f"a {x.color} {x.shape} {r} a {y.color} {y.shape}"  # noqa: E731
+        cands = [cap(r, a, b) for r in shapes.RELATIONS] + [cap(sc.relation, b, a)]
+        e = F.normalize(encode_images([shapes.render(sc, 256)]), dim=-1)
+        tn = F.normalize(encode_text(cands), dim=-1)
+        s = (e @ tn.T)[0]
+        c = tn[:4] @ tn[:4].T
+        text_cos.append(float((c.sum() - c.diagonal().sum()) / 12))
+        truth = shapes.RELATIONS.index(sc.relation)
+        rel_ok += int(s[:4].argmax()) == truth
+        order_ok += bool(s[truth] > s[4])
+    return {"clip_relation_top1_of_4": round(rel_ok / n, 4), "clip_order_a_rel_b_vs_b_rel_a": round(order_ok / n, 4),
+            "clip_text_cosine_between_relations": round(float(np.mean(text_cos)), 4)}
+
+
+def layout_probe(encode_images, n_train: int = 2400, n_test: int = 600) -> dict:
     """Held-out accuracy of linear probes on CLIP image embeddings of two-object renders: 'stacked or side
     by side' (chance 0.5), and as a control that the probe works, 'is one of the objects red'."""
     rng = np.random.default_rng(3)
     scenes = [shapes.sample_scene(rng, two_objects_prob=1.0) for _ in range(n_train + n_test)]
-    e = torch.cat([pipeline.encode_images(stages, [shapes.render(sc, 256) for sc in scenes[k:k + 200]])
+    e = torch.cat([encode_images([shapes.render(sc, 256) for sc in scenes[k:k + 200]])
                    for k in range(0, len(scenes), 200)])
     e = 10 * F.normalize(e.float(), dim=-1)
     stacked = torch.tensor([sc.relation in ("above", "below") for sc in scenes])

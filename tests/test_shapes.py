@@ -385,6 +385,34 @@ def test_hard_negative_changes_exactly_one_binding():
     assert S.hard_negative("a photo of a dog", rng) is None
 
 
+
+def test_hard_negatives_are_all_other_pictures_in_the_captions_style():
+    rng = np.random.default_rng(1)
+    strip = lambda spec: [(o["color"], o["shape"]) for o in spec["objects"]]  # noqa: E731
+    seen_swap = False
+    for scene in scenes(7, 300, paraphrase_prob=1.0):
+        a = S.canonical(scene.caption)
+        negs = S.hard_negatives(scene.caption, rng)
+        assert len(set(negs)) == len(negs) and scene.caption not in negs
+        if a["relation"] is None:
+            assert len(negs) == 1 and S.canonical(negs[0])["relation"] is None
+            continue
+        inv, reordered, *swap = [S.canonical(n) for n in negs]
+        assert inv["relation"] == S.INVERSE[a["relation"]] and strip(inv) == strip(a)
+        assert reordered["relation"] == a["relation"] and strip(reordered) == strip(a)[::-1]
+        # the reordered caption keeps the caption's relation phrase (a paraphrase stays a paraphrase)
+        phrase = scene.caption[len(S.make_caption({"objects": [dict(a["objects"][0])], "relation": None})) + 1:]
+        phrase = phrase[: phrase.rindex(" a")]
+        assert f" {phrase} a" in negs[1]
+        both_differ = all(x != y for x, y in zip(*strip(a)))
+        assert len(swap) == int(both_differ)
+        if swap:
+            seen_swap = True
+            assert swap[0]["relation"] == a["relation"] and strip(swap[0]) not in (strip(a), strip(a)[::-1])
+    assert seen_swap
+    assert S.hard_negatives("a red square above a red square", rng) == []  # the inverse is the same picture
+    assert S.hard_negatives("a photo of a dog", rng) == []
+
 def test_size_word_prob_drops_the_size_from_some_one_object_captions():
     full = scenes(5, 200)
     assert all(len(s.objects) == 2 or S.canonical(s.caption)["objects"][0]["size"] for s in full)

@@ -167,6 +167,23 @@ def test_clip_hard_negatives_add_texts_and_train(workdir):
     assert [r["step"] for r in log] == [1, 2, 3] and all(torch.isfinite(torch.tensor(r["loss"])) for r in log)
 
 
+
+def test_clip_hard_negatives_all_brings_every_kind_and_bad_values_are_refused(workdir):
+    from unclip_cli.errors import UnclipError
+    from unclip_cli.shapes import world as shapes
+    from unclip_cli.train import tasks
+
+    raw = {"model": tiny.CLIP, "data": {"folder": str(workdir / "data")}, "contrastive": {"hard_negatives": "all"}}
+    task = tasks.make("clip", raw, workdir, train.Dist())
+    gen = torch.Generator().manual_seed(0)
+    b = task.batch(8, gen)
+    idx = torch.randint(0, len(task.images), (8,), generator=torch.Generator().manual_seed(0))
+    expected = sum(len(shapes.hard_negatives(task.captions[i], 0)) for i in idx.tolist())
+    assert b["pixels"].shape[0] == 8 and b["ids"].shape[0] == 8 + expected > 8
+    assert torch.isfinite(task.loss(task.module, b, None)["loss"])
+    with pytest.raises(UnclipError, match="hard_negatives.*'some'"):
+        tasks.make("clip", {**raw, "contrastive": {"hard_negatives": "some"}}, workdir, train.Dist())
+
 def test_exports_carry_their_diffusion_spec(workdir, clip_ckpt):
     """What a stage samples with travels in its file: the decoder's learned variance, an upsampler's v-prediction."""
     from unclip_cli.diffusion.spec import DiffusionSpec

@@ -181,6 +181,39 @@ def hard_negative(caption: str, rng) -> str | None:
     return make_caption({"objects": objs, "relation": relation})
 
 
+def hard_negatives(caption: str, rng) -> list[str]:
+    """Every kind of hard negative of `caption` at once, the relation's wording kept in its style.
+
+    Two objects: the inverse relation (said with any of its phrases), the two objects in the other order
+    (the same phrase: "B rel A" is the other picture), and the colours or shapes swapped between the
+    objects (one of them, where they differ). One object: another colour or shape. Empty for captions
+    outside the grammar. With one relation negative per two-object caption in every batch, the relation
+    word and the order of the objects carry as much of the loss as colour and shape do.
+    """
+    try:
+        spec = canonical(caption)
+    except ValueError:
+        return []
+    rng = _as_rng(rng)
+    objs = [dict(o) for o in spec["objects"]]
+    if len(objs) == 1:
+        return [hard_negative(caption, rng)]
+    if (objs[0]["color"], objs[0]["shape"]) == (objs[1]["color"], objs[1]["shape"]):
+        return []  # "A above A" is also "A below A": no relation or swap changes the picture
+    relation = spec["relation"]
+    phrase = _CAPTION_RE.match(_normalize(caption)).group(4)
+    inverse = INVERSE[relation]
+    out = [make_caption({"objects": objs, "relation": inverse}, _pick(rng, RELATION_PHRASES[inverse])),
+           make_caption({"objects": objs[::-1], "relation": relation}, phrase)]
+    keys = [k for k in ("color", "shape") if objs[0][k] != objs[1][k]]
+    if len(keys) == 2:  # with one attribute differing, swapping it is the reordered caption again
+        key = _pick(rng, keys)
+        swapped = [dict(o) for o in objs]
+        swapped[0][key], swapped[1][key] = objs[1][key], objs[0][key]
+        out.append(make_caption({"objects": swapped, "relation": relation}, phrase))
+    return [c for c in out if canonical(c) != spec]
+
+
 # ----------------------------------------------------------------------------- sampling
 
 

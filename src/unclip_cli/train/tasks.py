@@ -77,8 +77,12 @@ class ClipTask(Task):
         self.captions = captions
         self.ids, _, _ = self.tokenize(captions)
         # [contrastive] hard_negatives = true: each shapes-world caption also brings a caption that
-        # differs only in one binding (shapes.hard_negative) as an extra negative text for its image.
-        self.hard_negatives = bool(raw.get("contrastive", {}).get("hard_negatives", False))
+        # differs only in one binding (shapes.hard_negative) as an extra negative text for its image;
+        # "all": every kind at once (shapes.hard_negatives: inverse relation, objects reordered, a swap).
+        mode = raw.get("contrastive", {}).get("hard_negatives", False)
+        if mode not in (True, False, "all"):
+            raise UnclipError(f"training config [contrastive] hard_negatives: {mode!r} is not true, false or \"all\"")
+        self.hard_negatives = mode
         self.mean = torch.tensor(clip.OPENAI_MEAN)[:, None, None]
         self.std = torch.tensor(clip.OPENAI_STD)[:, None, None]
         self.device = d.device
@@ -91,7 +95,10 @@ class ClipTask(Task):
             from unclip_cli.shapes import world as shapes
 
             rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=gen)))
-            negs = [c for c in (shapes.hard_negative(self.captions[i], rng) for i in idx.tolist()) if c is not None]
+            if self.hard_negatives == "all":
+                negs = [c for i in idx.tolist() for c in shapes.hard_negatives(self.captions[i], rng)]
+            else:
+                negs = [c for c in (shapes.hard_negative(self.captions[i], rng) for i in idx.tolist()) if c is not None]
             if negs:
                 ids = torch.cat([ids, self.tokenize(negs)[0]])
         return {"pixels": pix.to(self.device), "ids": ids.to(self.device)}
