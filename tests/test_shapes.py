@@ -413,6 +413,23 @@ def test_hard_negatives_are_all_other_pictures_in_the_captions_style():
     assert S.hard_negatives("a red square above a red square", rng) == []  # the inverse is the same picture
     assert S.hard_negatives("a photo of a dog", rng) == []
 
+
+def test_layout_labels_describe_the_picture_not_the_wording():
+    same = ["a red square above a blue circle", "a blue circle below a red square", "a blue circle under a red square",
+            "a red square on top of a blue circle"]
+    labels = {S.layout_labels(c) for c in same}
+    assert labels == {(1, list(S.COLORS).index("red"), S.SHAPES.index("square"),
+                       list(S.COLORS).index("blue"), S.SHAPES.index("circle"))}
+    left = S.layout_labels("a green triangle to the right of a yellow square")
+    assert left == S.layout_labels("a yellow square left of a green triangle") and left[0] == 2
+    assert left[1] == list(S.COLORS).index("yellow")  # the left object comes first
+    assert S.layout_labels("a red square above a blue circle") != S.layout_labels("a red square below a blue circle")
+    one = S.layout_labels("a small purple triangle")
+    assert one == (0, list(S.COLORS).index("purple"), S.SHAPES.index("triangle"), len(S.COLORS), len(S.SHAPES))
+    assert S.layout_labels("a photo of a dog") is None
+    for scene in scenes(3, 100):
+        assert all(0 <= v < n for v, n in zip(S.layout_labels(scene.caption), S.LAYOUT_CLASSES))
+
 def test_size_word_prob_drops_the_size_from_some_one_object_captions():
     full = scenes(5, 200)
     assert all(len(s.objects) == 2 or S.canonical(s.caption)["objects"][0]["size"] for s in full)

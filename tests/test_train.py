@@ -184,6 +184,35 @@ def test_clip_hard_negatives_all_brings_every_kind_and_bad_values_are_refused(wo
     with pytest.raises(UnclipError, match="hard_negatives.*'some'"):
         tasks.make("clip", {**raw, "contrastive": {"hard_negatives": "some"}}, workdir, train.Dist())
 
+
+def test_clip_layout_head_trains_and_is_not_exported(workdir):
+    from safetensors import safe_open
+    from unclip_cli.train import tasks
+
+    raw = {"model": tiny.CLIP, "data": {"folder": str(workdir / "data")},
+           "contrastive": {"hard_negatives": "all", "layout_weight": 1.0}}
+    task = tasks.make("clip", raw, workdir, train.Dist())
+    b = task.batch(8, torch.Generator().manual_seed(0))
+    assert b["layout"].shape == (8, 5)
+    terms = task.loss(task.module, b, None)
+    assert torch.isfinite(terms["loss"]) and terms["layout_loss"] > 0
+    terms["loss"].backward()
+    assert task.module.layout_head.weight.grad.abs().sum() > 0
+    cfg = write_toml(workdir / "clip_layout.toml", {**raw, "train": TRAIN})
+    out = train.run("clip", cfg, workdir / "clip_layout")
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert all("layout_loss" in r and "axis_acc" in r for r in log)
+    with safe_open(str(out / "clip.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert keys and not any(k.startswith(("clip.", "layout_head")) for k in keys)
+    model, _ = checkpoint.build(out / "clip.safetensors", "clip", expect_kind="clip")  # strict load as a plain CLIP
+    assert model.logit_scale.shape == ()
+    from unclip_cli.errors import UnclipError
+
+    for bad in ("1", -1.0, True):
+        with pytest.raises(UnclipError, match="layout_weight"):
+            tasks.make("clip", {**raw, "contrastive": {"layout_weight": bad}}, workdir, train.Dist())
+
 def test_exports_carry_their_diffusion_spec(workdir, clip_ckpt):
     """What a stage samples with travels in its file: the decoder's learned variance, an upsampler's v-prediction."""
     from unclip_cli.diffusion.spec import DiffusionSpec

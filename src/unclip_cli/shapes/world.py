@@ -214,6 +214,29 @@ def hard_negatives(caption: str, rng) -> list[str]:
     return [c for c in out if canonical(c) != spec]
 
 
+
+LAYOUT_CLASSES = (3, len(COLORS), len(SHAPES), len(COLORS) + 1, len(SHAPES) + 1)
+
+
+def layout_labels(caption: str) -> tuple[int, int, int, int, int] | None:
+    """What a picture of `caption` shows, as class indices, whichever way the caption puts it: the axis
+    (0 one object, 1 stacked, 2 side by side), the colour and shape of the first object (the top or left one,
+    or the only one) and of the second (len(COLORS) and len(SHAPES) for none). "A above B" and "B below A"
+    get the same labels. None outside the grammar. Targets of CLIP's auxiliary layout head."""
+    try:
+        spec = canonical(caption)
+    except ValueError:
+        return None
+    objs = spec["objects"]
+    colors, shapes = list(COLORS), list(SHAPES)
+    if len(objs) == 1:
+        return 0, colors.index(objs[0]["color"]), shapes.index(objs[0]["shape"]), len(colors), len(shapes)
+    first, second = objs if spec["relation"] in ("above", "left of") else objs[::-1]
+    axis = 1 if spec["relation"] in ("above", "below") else 2
+    return (axis, colors.index(first["color"]), shapes.index(first["shape"]),
+            colors.index(second["color"]), shapes.index(second["shape"]))
+
+
 # ----------------------------------------------------------------------------- sampling
 
 

@@ -21,6 +21,7 @@ from unclip_cli.models import clip
 from unclip_cli.diffusion import gaussian, losses
 from unclip_cli.diffusion.spec import DiffusionSpec
 from unclip_cli.errors import UnclipError
+from unclip_cli.shapes import world as shapes_world
 from unclip_cli.train.data import degrade, load_images, random_keep_masks, to_float
 from unclip_cli.models.prior import Prior, PriorConfig
 from unclip_cli.models.text_proj import TextProj, TextProjConfig
@@ -64,16 +65,47 @@ class Task:
 # CLIP ----------------------------------------------------------------------------------------
 
 
+class ClipWithLayoutHead(nn.Module):
+    """A CLIP and, for training only, a linear head that reads the scene's layout off the image embedding
+    (shapes.layout_labels). Only `clip.*` is exported."""
+
+    def __init__(self, model: nn.Module, embed_dim: int):
+        super().__init__()
+        self.clip = model
+        self.layout_head = nn.Linear(embed_dim, sum(shapes_world.LAYOUT_CLASSES))
+
+    @property
+    def logit_scale(self) -> nn.Parameter:
+        return self.clip.logit_scale
+
+    def forward(self, pixels: torch.Tensor, ids: torch.Tensor):
+        return self.clip(pixels, ids)
+
+
 class ClipTask(Task):
     def __init__(self, raw: dict, d):
         self.config = dict(raw["model"])
         try:
-            self.module = clip.build_model(self.config)
+            model = clip.build_model(self.config)
         except (ValueError, TypeError) as e:
             raise UnclipError(f"training config [model]: {e}") from None
-        size = clip.image_size(self.module)
+        size = clip.image_size(model)
         self.images, captions = load_images(raw["data"]["folder"], size, raw["data"].get("limit"))
-        self.tokenize = clip.Tokenizer(self.module.positional_embedding.shape[0])
+        self.tokenize = clip.Tokenizer(model.positional_embedding.shape[0])
+        # [contrastive] layout_weight = w > 0: a contrastive CLIP starts at a saddle for the relation (an image
+        # embedding without layout gives the text tower nothing to match, and a text embedding without the
+        # relation gives the image tower nothing), so it stays there (README, "The relation in CLIP"). A
+        # linear head trained to read the layout off the image embedding, w times its cross-entropy added to
+        # the loss, puts the layout into the embedding from the start; the head is not exported.
+        weight = raw.get("contrastive", {}).get("layout_weight", 0.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < float("inf"):
+            raise UnclipError(f"training config [contrastive] layout_weight: {weight!r} is not a number >= 0")
+        self.layout_weight = float(weight)
+        self.module = model
+        if self.layout_weight > 0:
+            labels = [shapes_world.layout_labels(c) for c in captions]
+            self.layout = torch.tensor([lab if lab is not None else (-1,) * 5 for lab in labels])
+            self.module = ClipWithLayoutHead(model, self.config["embed_dim"])
         self.captions = captions
         self.ids, _, _ = self.tokenize(captions)
         # [contrastive] hard_negatives = true: each shapes-world caption also brings a caption that
@@ -92,16 +124,17 @@ class ClipTask(Task):
         pix = (self.images[idx].float() / 255.0 - self.mean) / self.std
         ids = self.ids[idx]
         if self.hard_negatives:
-            from unclip_cli.shapes import world as shapes
-
             rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=gen)))
             if self.hard_negatives == "all":
-                negs = [c for i in idx.tolist() for c in shapes.hard_negatives(self.captions[i], rng)]
+                negs = [c for i in idx.tolist() for c in shapes_world.hard_negatives(self.captions[i], rng)]
             else:
-                negs = [c for c in (shapes.hard_negative(self.captions[i], rng) for i in idx.tolist()) if c is not None]
+                negs = [c for c in (shapes_world.hard_negative(self.captions[i], rng) for i in idx.tolist()) if c is not None]
             if negs:
                 ids = torch.cat([ids, self.tokenize(negs)[0]])
-        return {"pixels": pix.to(self.device), "ids": ids.to(self.device)}
+        out = {"pixels": pix.to(self.device), "ids": ids.to(self.device)}
+        if self.layout_weight > 0:
+            out["layout"] = self.layout[idx].to(self.device)
+        return out
 
     def loss(self, net, batch: dict, gen) -> dict:
         """Symmetric InfoNCE (CLIP's loss); extra texts past the batch are negatives for every image."""
@@ -112,14 +145,25 @@ class ClipTask(Task):
         loss = (F.cross_entropy(per_image, labels) + F.cross_entropy(per_text, labels)) / 2
         with torch.no_grad():
             acc = (per_image.argmax(dim=1) == labels).float().mean()
-        return {"loss": loss, "i2t_acc": acc}
+        terms = {"loss": loss, "i2t_acc": acc}
+        if self.layout_weight > 0:
+            model = net.module if hasattr(net, "module") else net
+            # img is unit-length: scaled by sqrt(dim) so that the head's logits need no large weights
+            logits = model.layout_head(img * img.shape[1] ** 0.5).split(shapes_world.LAYOUT_CLASSES, dim=1)
+            target = batch["layout"]
+            layout = sum(F.cross_entropy(lg, target[:, k], ignore_index=-1) for k, lg in enumerate(logits)) / len(logits)
+            terms["loss"] = loss + self.layout_weight * layout
+            terms["layout_loss"] = layout.detach()
+            with torch.no_grad():
+                terms["axis_acc"] = (logits[0].argmax(1) == target[:, 0]).float().mean()
+        return terms
 
     def after_step(self, model) -> None:
         with torch.no_grad():  # as CLIP: keep the temperature below 100
             model.logit_scale.clamp_(0, 4.6052)
 
     def exports(self) -> dict:
-        return {"clip": ("clip", self.config, "", None)}
+        return {"clip": ("clip", self.config, "clip." if self.layout_weight > 0 else "", None)}
 
     def extra(self, name: str) -> dict:
         """The words of the training captions travel with the model (a warning names any others)."""
