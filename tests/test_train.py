@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import tiny
+from unclip_cli.models import clip
 from unclip_cli.weights import checkpoint
 from unclip_cli.shapes import world as shapes
 from unclip_cli.train import loop as train
@@ -212,6 +213,20 @@ def test_clip_layout_head_trains_and_is_not_exported(workdir):
     for bad in ("1", -1.0, True):
         with pytest.raises(UnclipError, match="layout_weight"):
             tasks.make("clip", {**raw, "contrastive": {"layout_weight": bad}}, workdir, train.Dist())
+
+
+def test_clip_with_fixed_sin_cos_positions_trains_exports_and_loads(workdir):
+    """open_clip's pos_embed_type = "sin_cos_2d" (fixed, not trained) travels in the config and the file."""
+    vision = {**tiny.CLIP["vision_cfg"], "pos_embed_type": "sin_cos_2d"}
+    cfg = write_toml(workdir / "clip_sincos.toml", {"model": {**tiny.CLIP, "vision_cfg": vision},
+                                                    "data": {"folder": str(workdir / "data")}, "train": TRAIN})
+    out = train.run("clip", cfg, workdir / "clip_sincos")
+    model, config = checkpoint.build(out / "clip.safetensors", "clip", expect_kind="clip")
+    assert config["vision_cfg"]["pos_embed_type"] == "sin_cos_2d"
+    fresh = clip.build_model({**tiny.CLIP, "vision_cfg": vision})
+    # not trained: the fixed table, as exported (fp16 unless the config says otherwise)
+    assert torch.equal(model.visual.positional_embedding, fresh.visual.positional_embedding.half().float())
+    assert model.visual.positional_embedding.abs().sum() > 0
 
 def test_exports_carry_their_diffusion_spec(workdir, clip_ckpt):
     """What a stage samples with travels in its file: the decoder's learned variance, an upsampler's v-prediction."""
