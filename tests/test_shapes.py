@@ -385,7 +385,6 @@ def test_hard_negative_changes_exactly_one_binding():
     assert S.hard_negative("a photo of a dog", rng) is None
 
 
-
 def test_hard_negatives_are_all_other_pictures_in_the_captions_style():
     rng = np.random.default_rng(1)
     strip = lambda spec: [(o["color"], o["shape"]) for o in spec["objects"]]  # noqa: E731
@@ -429,6 +428,7 @@ def test_layout_labels_describe_the_picture_not_the_wording():
     assert S.layout_labels("a photo of a dog") is None
     for scene in scenes(3, 100):
         assert all(0 <= v < n for v, n in zip(S.layout_labels(scene.caption), S.LAYOUT_CLASSES))
+
 
 def test_size_word_prob_drops_the_size_from_some_one_object_captions():
     full = scenes(5, 200)

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import tiny
+from unclip_cli.errors import UnclipError
 from unclip_cli.models import clip
 from unclip_cli.weights import checkpoint
 from unclip_cli.shapes import world as shapes
@@ -122,8 +123,6 @@ def test_exported_weights_are_the_ema(workdir, clip_ckpt):
 
 
 def test_unknown_stage_and_bad_config(tmp_path):
-    from unclip_cli.errors import UnclipError
-
     bad = tmp_path / "bad.toml"
     bad.write_text("[train]\nsteps = 'x\n")
     with pytest.raises(UnclipError, match="not valid TOML"):
@@ -168,10 +167,7 @@ def test_clip_hard_negatives_add_texts_and_train(workdir):
     assert [r["step"] for r in log] == [1, 2, 3] and all(torch.isfinite(torch.tensor(r["loss"])) for r in log)
 
 
-
 def test_clip_hard_negatives_all_brings_every_kind_and_bad_values_are_refused(workdir):
-    from unclip_cli.errors import UnclipError
-    from unclip_cli.shapes import world as shapes
     from unclip_cli.train import tasks
 
     raw = {"model": tiny.CLIP, "data": {"folder": str(workdir / "data")}, "contrastive": {"hard_negatives": "all"}}
@@ -208,8 +204,6 @@ def test_clip_layout_head_trains_and_is_not_exported(workdir):
     assert keys and not any(k.startswith(("clip.", "layout_head")) for k in keys)
     model, _ = checkpoint.build(out / "clip.safetensors", "clip", expect_kind="clip")  # strict load as a plain CLIP
     assert model.logit_scale.shape == ()
-    from unclip_cli.errors import UnclipError
-
     for bad in ("1", -1.0, True):
         with pytest.raises(UnclipError, match="layout_weight"):
             tasks.make("clip", {**raw, "contrastive": {"layout_weight": bad}}, workdir, train.Dist())
@@ -228,6 +222,7 @@ def test_clip_with_fixed_sin_cos_positions_trains_exports_and_loads(workdir):
     assert torch.equal(model.visual.positional_embedding, fresh.visual.positional_embedding.half().float())
     assert model.visual.positional_embedding.abs().sum() > 0
 
+
 def test_exports_carry_their_diffusion_spec(workdir, clip_ckpt):
     """What a stage samples with travels in its file: the decoder's learned variance, an upsampler's v-prediction."""
     from unclip_cli.diffusion.spec import DiffusionSpec
@@ -245,8 +240,6 @@ def test_exports_carry_their_diffusion_spec(workdir, clip_ckpt):
 
 
 def test_diffusion_table_must_fit_the_network(workdir, clip_ckpt, tmp_path):
-    from unclip_cli.errors import UnclipError
-
     raw = {"model": unet_fields(tiny.DECODER) | {"sample_size": 32}, "train": TRAIN,
            "data": {"folder": str(workdir / "data"), "clip": str(clip_ckpt), "image_size": 32}}
     for table, match in (({"variance": "fixed_small"}, "out_channels = 6"), ({"prediction": "x0"}, "prediction"),

@@ -214,7 +214,6 @@ def hard_negatives(caption: str, rng) -> list[str]:
     return [c for c in out if canonical(c) != spec]
 
 
-
 LAYOUT_CLASSES = (3, len(COLORS), len(SHAPES), len(COLORS) + 1, len(SHAPES) + 1)
 
 
