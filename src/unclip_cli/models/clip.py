@@ -26,6 +26,10 @@ class TextEncoding:
     def cat(encodings: list["TextEncoding"]) -> "TextEncoding":
         return TextEncoding(*(torch.cat(ts) for ts in zip(*((e.embed, e.tokens, e.mask) for e in encodings))))
 
+    def repeat_rows(self, n: int) -> "TextEncoding":
+        """Each row n times in a row (rows a, b -> a, a, b, b for n = 2)."""
+        return TextEncoding(*(t.repeat_interleave(n, 0) for t in (self.embed, self.tokens, self.mask)))
+
 
 # open_clip imports these at start-up only for towers we never build (Hugging Face text towers, timm vision
 # towers, CoCa generation). Import-time profile: transformers ~2.0 s when installed, timm ~0.8 s; held back, a cold

@@ -76,9 +76,15 @@ def _sample(opts: Options, denoise: samplers.Denoiser, x, steps: int, gens, name
 
 def prior_stage(stages: Stages, text: TextEncoding, uncond: TextEncoding, opts: Options, gens, report: Report = _noop,
                 rescale: float = 0.0):
-    """CLIP text encoding -> CLIP image embedding [B, D] (denormalised). `rescale`: samplers.guided's."""
+    """CLIP text encoding -> CLIP image embedding [B, D] (denormalised). `rescale`: samplers.guided's.
+
+    With opts.prior_candidates = N > 1 each image's generator draws N embeddings (one after another) and the one
+    with the highest cosine to the text embedding is kept, as the DALL-E 2 paper samples its prior (N = 2)."""
     if not stages.has("prior"):
         raise UnclipError(f"model '{stages.spec.name}' has no prior: it can only make variations (`unclip vary`)")
+    n = opts.prior_candidates
+    if n > 1:
+        text, uncond, gens = text.repeat_rows(n), uncond.repeat_rows(n), [g for g in gens for _ in range(n)]
     prior = stages.get("prior")
     spec = stages.diffusion("prior")
     both = TextEncoding.cat([uncond, text])
@@ -95,7 +101,14 @@ def prior_stage(stages: Stages, text: TextEncoding, uncond: TextEncoding, opts: 
     z = _sample(opts, denoise, x, opts.prior_steps, gens, "prior", report)
     out = prior.denormalize(z).float()
     stages.release("prior")
-    return out
+    return out if n == 1 else closest_to_text(out, text.embed, n)
+
+
+def closest_to_text(candidates: torch.Tensor, text_embed: torch.Tensor, n: int) -> torch.Tensor:
+    """From [B * n, D] candidates (n per image, in a row) the one per image with the highest cosine to its text."""
+    score = F.cosine_similarity(candidates, text_embed.float(), dim=-1).view(-1, n)
+    best = score.argmax(1) + torch.arange(score.shape[0], device=score.device) * n
+    return candidates[best]
 
 
 def decoder_stage(
