@@ -3,7 +3,7 @@
 Usage: python benchmarks/diagnose_shapes.py [--model shapes] [--per-prompt 8] [--relations 300]
        python benchmarks/diagnose_shapes.py --clip runs/x/clip.safetensors   (checks 4 and 5 only)
 On true renders of the held-out prompts (shapes.scene_from_caption, seeded):
-1. CLIP retrieval: is each render's embedding closest to its own prompt's among the 24 prompts?
+1. CLIP retrieval: is each render's embedding closest to its own prompt's among the held-out prompts (24 until 2026-12-01, 30 since)?
 2. Prior: is the prior's embedding for a prompt nearest to a render of that same prompt?
 3. Decoder alone: fed the renders' *true* CLIP image embeddings (and captions), judged at its size.
 4. Relations in CLIP: for two-object renders, the right relation among the four, and "A rel B" vs "B rel A";
@@ -38,19 +38,13 @@ def main() -> None:
     args = ap.parse_args()
     if args.clip:
         enc = file_encoders(args.clip)
-        print(json.dumps({"clip": args.clip, **relation_checks(*enc, args.relations),
-                          "clip_linear_probes": layout_probe(enc[0])}, indent=1))
+        print(json.dumps({"clip": args.clip, **retrieval_top1(*enc, args.per_prompt)[0],
+                          **relation_checks(*enc, args.relations), "clip_linear_probes": layout_probe(enc[0])}, indent=1))
         return
     stages, _ = stages_mod.open_model(args.model, "cpu", torch.float32, None, keep_loaded=True)
     size = stages.decoder_size()
     opts = Options(size=size, decoder_guidance=args.guidance, prior_guidance=3.0)
-    prompts = [p for p, _ in shapes.heldout_prompts()]
-    rng = np.random.default_rng(0)
-    caps = [p for p in prompts for _ in range(args.per_prompt)]
-    renders = [shapes.render(shapes.scene_from_caption(p, rng), 256) for p in caps]
-    emb = F.normalize(pipeline.encode_images(stages, renders), dim=-1)
-    text, _ = pipeline.encode_text(stages, prompts)
-    retrieval = np.mean([prompts[j] == c for j, c in zip((emb @ F.normalize(text.embed, dim=-1).T).argmax(1).tolist(), caps)])
+    retrieval, caps, renders, emb = retrieval_top1(*encoders(stages), args.per_prompt)
 
     gens = [torch.Generator().manual_seed(i) for i in range(len(caps))]
     t, _ = pipeline.encode_text(stages, caps)
@@ -71,12 +65,26 @@ def main() -> None:
 
     print(json.dumps({
         "model": args.model, "decoder_size": size, "per_prompt": args.per_prompt,
-        "clip_retrieval_top1_of_24": round(float(retrieval), 4),
+        **retrieval,
         "prior_nearest_render_same_prompt": round(float(prior_nn), 4),
         "decoder_from_true_embeddings": judge.summarize(verdicts),
         **relations,
         "clip_linear_probes": layout,
     }, indent=1))
+
+
+def retrieval_top1(encode_images, encode_text, per_prompt: int):
+    """{"clip_retrieval_top1_of_N": how often a true render of a held-out prompt is nearest (CLIP cosine) to its own
+    prompt among the N held-out prompts (24 until 2026-12-01, 30 since)}, and the captions, renders and unit image
+    embeddings it used."""
+    prompts = [p for p, _ in shapes.heldout_prompts()]
+    rng = np.random.default_rng(0)
+    caps = [p for p in prompts for _ in range(per_prompt)]
+    renders = [shapes.render(shapes.scene_from_caption(p, rng), 256) for p in caps]
+    emb = F.normalize(encode_images(renders), dim=-1)
+    text = F.normalize(encode_text(prompts), dim=-1)
+    hit = np.mean([prompts[j] == c for j, c in zip((emb @ text.T).argmax(1).tolist(), caps)])
+    return {f"clip_retrieval_top1_of_{len(prompts)}": round(float(hit), 4)}, caps, renders, emb
 
 
 def encoders(stages):
