@@ -1,9 +1,10 @@
 """Where do the `shapes` model's caption errors come from? CLIP, the prior, or the decoder.
 
 Usage: python benchmarks/diagnose_shapes.py [--model shapes] [--per-prompt 8] [--relations 300]
-       python benchmarks/diagnose_shapes.py --clip runs/x/clip.safetensors   (checks 4 and 5 only)
+       python benchmarks/diagnose_shapes.py --clip runs/x/clip.safetensors   (checks 1, 4 and 5 only)
 On true renders of the held-out prompts (shapes.scene_from_caption, seeded):
-1. CLIP retrieval: is each render's embedding closest to its own prompt's among the held-out prompts (24 until 2026-12-01, 30 since)?
+1. CLIP retrieval: is each render's embedding closest to its own prompt's among the held-out prompts
+   (24 until 2026-12-01, 30 since; files written before 2026-12-02 fifth session label it "_of_24" either way)?
 2. Prior: is the prior's embedding for a prompt nearest to a render of that same prompt?
 3. Decoder alone: fed the renders' *true* CLIP image embeddings (and captions), judged at its size.
 4. Relations in CLIP: for two-object renders, the right relation among the four, and "A rel B" vs "B rel A";
@@ -38,8 +39,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.clip:
         enc = file_encoders(args.clip)
-        print(json.dumps({"clip": args.clip, **retrieval_top1(*enc, args.per_prompt)[0],
-                          **relation_checks(*enc, args.relations), "clip_linear_probes": layout_probe(enc[0])}, indent=1))
+        out = {"clip": args.clip, **retrieval_top1(*enc, args.per_prompt)[0], **relation_checks(*enc, args.relations),
+               "clip_linear_probes": layout_probe(enc[0])}
+        print(json.dumps(out, indent=1))
         return
     stages, _ = stages_mod.open_model(args.model, "cpu", torch.float32, None, keep_loaded=True)
     size = stages.decoder_size()

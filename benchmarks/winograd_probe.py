@@ -75,7 +75,8 @@ def main() -> None:
         err = float((winograd_conv(x, u) - ref).abs().max())
         v = input_transform(x)
         m = torch.bmm(v, u)
-        row = {"in": c, "out": k, "size": hw, "threads": args.threads, "max_abs_error": err, "max_abs_output": float(ref.abs().max()),
+        row = {"in": c, "out": k, "size": hw, "threads": args.threads, "max_abs_error": err,
+               "max_abs_output": float(ref.abs().max()),
                "direct_s": best(lambda: F.conv2d(x, w, padding=1), args.repeat),
                "winograd_s": best(lambda: winograd_conv(x, u), args.repeat),
                "input_transform_s": best(lambda: input_transform(x), args.repeat),

@@ -2,6 +2,7 @@
 (the DALL-E 2 paper's sampling, N = 2), on the tiny random model (fixture `home`)."""
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -33,7 +34,7 @@ def test_candidates_are_drawn_from_each_images_generator_and_the_closest_kept(ho
     uncond, _ = cascade.encode_text(stages, ["", ""])
     opts = Options(prior_steps=2, prior_guidance=4.0, size=64)
     gens = lambda: [torch.Generator().manual_seed(s) for s in (3, 4)]  # noqa: E731
-    best = cascade.prior_stage(stages, text, uncond, Options(**{**opts.__dict__, "prior_candidates": 3}), gens())
+    best = cascade.prior_stage(stages, text, uncond, replace(opts, prior_candidates=3), gens())
     one = cascade.prior_stage(stages, text, uncond, opts, gens())
     assert best.shape == one.shape and not torch.equal(best, one)
     for i, g in enumerate(gens()):  # image i's three candidates: its generator used three rows in a row
@@ -47,10 +48,26 @@ def test_candidates_are_drawn_from_each_images_generator_and_the_closest_kept(ho
         assert F.cosine_similarity(best[i:i + 1], text.embed[i:i + 1].float()) >= cos.max() - 1e-6
 
 
-def test_candidates_seed_reproduces_and_batch_equals_one_by_one(home, tmp_path):
+def test_candidates_batched_equal_one_by_one(home):
+    """Two images with 2 candidates each in one batch give the embeddings each gives alone."""
+    stages = _open()
+    prompts = ["a red circle", "a blue square"]
+    text, _ = cascade.encode_text(stages, prompts)
+    uncond, _ = cascade.encode_text(stages, ["", ""])
+    opts = Options(prior_steps=3, prior_guidance=4.0, prior_candidates=2, size=64)
+    both = cascade.prior_stage(stages, text, uncond, opts, [torch.Generator().manual_seed(s) for s in (1, 2)])
+    for i, s in enumerate((1, 2)):
+        one = lambda e: e[i:i + 1]  # noqa: E731
+        alone = cascade.prior_stage(stages, cascade.TextEncoding(one(text.embed), one(text.tokens), one(text.mask)),
+                                    cascade.TextEncoding(one(uncond.embed), one(uncond.tokens), one(uncond.mask)),
+                                    opts, [torch.Generator().manual_seed(s)])
+        assert torch.allclose(both[i:i + 1], alone, atol=1e-5)
+
+
+def test_candidates_seed_reproduces_and_is_recorded(home, tmp_path):
     args = ["generate", "a red circle", "-n", 2, *SMALL, *FAST, "--seed", 9, "--prior-candidates", 2]
     a = run_ok(*args, "--outdir", tmp_path / "a")
-    b = run_ok(*args, "--batch-size", 1, "--outdir", tmp_path / "b")
+    b = run_ok(*args, "--outdir", tmp_path / "b")
     plain = run_ok(*args[:-2], "--outdir", tmp_path / "c")
     for x, y, z in zip(a["images"], b["images"], plain["images"]):
         px, py, pz = (images.load_image(p["path"]) for p in (x, y, z))
@@ -61,6 +78,23 @@ def test_candidates_seed_reproduces_and_batch_equals_one_by_one(home, tmp_path):
 
 
 def test_bad_prior_candidates_is_one_line(home, tmp_path):
-    fails("generate", "a red circle", *SMALL, *FAST, "--prior-candidates", 0, match="--prior-candidates",
-          outdir=tmp_path / "o")
+    for bad in (0, 65):
+        fails("generate", "a red circle", *SMALL, *FAST, "--prior-candidates", bad, match="--prior-candidates",
+              outdir=tmp_path / "o")
     assert "--prior-candidates" in invoke("generate", "--help").stdout
+
+
+def test_candidates_with_a_negative_prompt_and_prompt_mix(home, tmp_path, monkeypatch):
+    """Both prior runs of a negative prompt (and the prior run of `vary --prompt-mix`) draw N candidates each."""
+    seen = []
+    prior_stage = cascade.prior_stage
+    monkeypatch.setattr(cascade, "prior_stage", lambda s, t, u, o, g, *a, **k: seen.append(o.prior_candidates)
+                        or prior_stage(s, t, u, o, g, *a, **k))
+    out = run_ok("generate", "a red circle", "--negative-prompt", "red", *SMALL, *FAST, "--seed", 4,
+                 "--prior-candidates", 3, "--outdir", tmp_path / "g")
+    assert seen == [3, 3] and images.read_params(out["images"][0]["path"])[0]["prior_candidates"] == 3
+    seen.clear()
+    src = out["images"][0]["path"]
+    run_ok("vary", src, "--prompt", "a blue square", "--prompt-mix", 0.5, *SMALL, *FAST, "--seed", 4,
+           "--prior-candidates", 2, "--outdir", tmp_path / "v")
+    assert seen == [2]

@@ -21,9 +21,9 @@ class Options:
     prior_steps: int = option(25, "Prior sampling steps.", stage="prior", low=1, high=1000)
     decoder_steps: int = option(25, "Decoder sampling steps.", stage="decoder", low=1, high=1000)
     sr_steps: int = option(7, "Upsampler sampling steps.", stage="upsampler", low=1, high=1000)
-    prior_candidates: int = option(1, "Prior: sample N image embeddings per image and keep the one closest to the "
-                                   "prompt's CLIP text embedding (the DALL-E 2 paper samples 2; N times the prior's work).",
-                                   stage="prior", low=1, high=64)
+    prior_candidates: int = option(1, "Prior: sample N image embeddings per image and keep the one closest to "
+                                   "the prompt's CLIP text embedding (the DALL-E 2 paper samples 2; N times the "
+                                   "prior's work).", stage="prior", low=1, high=64)
     prior_guidance: float = option(4.0, "Prior classifier-free guidance scale (1 = none).", stage="prior", low=0.0)
     decoder_guidance: float = option(8.0, "Decoder classifier-free guidance scale (1 = none).", stage="decoder", low=0.0)
     sampler: str = option("ddpm", "ddpm (ancestral, as Karlo), ddim, dpmpp_2m (DPM-Solver++(2M), deterministic) "

@@ -78,8 +78,9 @@ def prior_stage(stages: Stages, text: TextEncoding, uncond: TextEncoding, opts: 
                 rescale: float = 0.0):
     """CLIP text encoding -> CLIP image embedding [B, D] (denormalised). `rescale`: samplers.guided's.
 
-    With opts.prior_candidates = N > 1 each image's generator draws N embeddings (one after another) and the one
-    with the highest cosine to the text embedding is kept, as the DALL-E 2 paper samples its prior (N = 2)."""
+    With opts.prior_candidates = N > 1 each image gets N rows that all draw from its generator (taking turns at
+    every step) and the row with the highest cosine to the text embedding is kept, as the DALL-E 2 paper samples
+    its prior (N = 2). A negative prompt's own embedding is chosen the same way, against the negative text."""
     if not stages.has("prior"):
         raise UnclipError(f"model '{stages.spec.name}' has no prior: it can only make variations (`unclip vary`)")
     n = opts.prior_candidates
