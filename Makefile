@@ -27,9 +27,9 @@ demo: $(BIN)/.installed
 clean:
 	rm -rf $(VENV) build *.egg-info
 
-# Train the bundled `shapes` model from scratch (about 4.5 hours on 2 CPU cores by the logged stage times, not timed as one run; the decoder is trained on a first CLIP,
-# then fine-tuned to the one that keeps layout); logs in runs/shapes/. Start with an empty runs/shapes/: each run
-# resumes from the state file in its output folder.
+# Train the bundled `shapes` model from scratch (about 4.5 hours on 2 CPU cores by the logged stage times, not
+# timed as one run; the decoder is trained on a first CLIP, then fine-tuned to the one that keeps layout); logs in
+# runs/shapes/. Start with an empty runs/shapes/: each run resumes from the state file in its output folder.
 UNCLIP = $(BIN)/unclip
 train-shapes: $(BIN)/.installed
 	test -d data/shapes-256 || $(UNCLIP) data shapes --count 20000 --out data/shapes-256 --seed 0 --size 256

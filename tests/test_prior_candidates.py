@@ -37,11 +37,10 @@ def test_candidates_are_drawn_from_each_images_generator_and_the_closest_kept(ho
     best = cascade.prior_stage(stages, text, uncond, replace(opts, prior_candidates=3), gens())
     one = cascade.prior_stage(stages, text, uncond, opts, gens())
     assert best.shape == one.shape and not torch.equal(best, one)
-    for i, g in enumerate(gens()):  # image i's three candidates: its generator used three rows in a row
-        rows = lambda e: e[i:i + 1].repeat(3, *[1] * (e.dim() - 1))  # noqa: E731
-        t = cascade.TextEncoding(rows(text.embed), rows(text.tokens), rows(text.mask))
-        u = cascade.TextEncoding(rows(uncond.embed), rows(uncond.tokens), rows(uncond.mask))
-        cands = cascade.prior_stage(stages, t, u, opts, [g, g, g])
+    for i, g in enumerate(gens()):  # image i's three candidates: its generator used by three rows in turn
+        row = slice(i, i + 1)
+        cands = cascade.prior_stage(stages, text.rows(row).repeat_rows(3), uncond.rows(row).repeat_rows(3), opts,
+                                    [g, g, g])
         cos = F.cosine_similarity(cands, text.embed[i:i + 1].float(), dim=-1)
         assert len(set(cos.tolist())) == 3  # three different draws
         assert torch.allclose(best[i], cands[int(cos.argmax())], atol=1e-6)
@@ -57,10 +56,8 @@ def test_candidates_batched_equal_one_by_one(home):
     opts = Options(prior_steps=3, prior_guidance=4.0, prior_candidates=2, size=64)
     both = cascade.prior_stage(stages, text, uncond, opts, [torch.Generator().manual_seed(s) for s in (1, 2)])
     for i, s in enumerate((1, 2)):
-        one = lambda e: e[i:i + 1]  # noqa: E731
-        alone = cascade.prior_stage(stages, cascade.TextEncoding(one(text.embed), one(text.tokens), one(text.mask)),
-                                    cascade.TextEncoding(one(uncond.embed), one(uncond.tokens), one(uncond.mask)),
-                                    opts, [torch.Generator().manual_seed(s)])
+        row = slice(i, i + 1)
+        alone = cascade.prior_stage(stages, text.rows(row), uncond.rows(row), opts, [torch.Generator().manual_seed(s)])
         assert torch.allclose(both[i:i + 1], alone, atol=1e-5)
 
 

@@ -26,6 +26,10 @@ class TextEncoding:
     def cat(encodings: list["TextEncoding"]) -> "TextEncoding":
         return TextEncoding(*(torch.cat(ts) for ts in zip(*((e.embed, e.tokens, e.mask) for e in encodings))))
 
+    def rows(self, index) -> "TextEncoding":
+        """The encodings of these rows (a slice or an index tensor)."""
+        return TextEncoding(self.embed[index], self.tokens[index], self.mask[index])
+
     def repeat_rows(self, n: int) -> "TextEncoding":
         """Each row n times in a row (rows a, b -> a, a, b, b for n = 2)."""
         return TextEncoding(*(t.repeat_interleave(n, 0) for t in (self.embed, self.tokens, self.mask)))
