@@ -5,14 +5,16 @@
 
 FOLDER is a diffusers-layout Karlo folder (random weights: `python benchmarks/bench_karlo.py make FOLDER`).
 A variant is `diffusers[:P-D-S]` (UnCLIPPipeline, fp32, its DDPM) or `unclip:DTYPE[:SAMPLER:SPACING[:P-D-S]]` (the real
-`unclip generate` command), e.g. `unclip:fp32`, `unclip:bf16`, `unclip:bf16:dpmpp_2m:logsnr:12-12-4`. Every
+`unclip generate` command), e.g. `unclip:fp32`, `unclip:bf16`, `unclip:bf16:dpmpp_2m:logsnr:12-12-4`
+(`unclip-noreadahead:...`: the same with UNCLIP_READAHEAD=0, the stage-file readahead off). Every
 variant runs as its own process, the variants interleaved, `--runs` rounds (the machine is shared and noisy:
 the faster run counts); the same prompt, seed 0, 256x256 and, unless a variant names its own, the same steps.
 Per run: wall seconds of the whole command (start to exit: imports, loading, sampling, writing), seconds of
 sampling per stage (unclip: its --json timings; diffusers: forward hooks around each component, so its prior
 time includes nothing but the prior's network calls), peak RSS of the process (wait4), and the image, whose
 mean/max distance in 0-255 levels to the first variant's is reported (same seed: fp32 against fp32 is the
-parity check; at other dtypes/samplers it is the cost in pixels).
+parity check; at other dtypes/samplers it is the cost in pixels). With `--cold` every file of FOLDER is
+dropped from the OS page cache (posix_fadvise DONTNEED) before each run, as after a reboot.
 
 `throughput` measures the peak this CPU reaches on one large matrix product and one 3x3 convolution per dtype;
 with `--flops` the comparison also reports each stage's FLOPs per network call (torch's FlopCounterMode on the
@@ -37,11 +39,25 @@ HERE = Path(__file__).resolve()
 UNCLIP = Path(sys.executable).with_name("unclip")
 
 
-def run_child(cmd: list[str]) -> dict:
+def evict(folder: Path) -> int:
+    """Drop every file under `folder` from the page cache (clean pages only; no root needed). Bytes advised."""
+    total = 0
+    for path in folder.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                total += os.fstat(fd).st_size
+            finally:
+                os.close(fd)
+    return total
+
+
+def run_child(cmd: list[str], env: dict | None = None) -> dict:
     """Start, wait with wait4 (peak RSS of exactly this child), return wall/rss/stdout."""
     t = time.perf_counter()
     with tempfile.TemporaryFile("w+") as so, tempfile.TemporaryFile("w+") as se:
-        p = subprocess.Popen(cmd, stdout=so, stderr=se, text=True)
+        p = subprocess.Popen(cmd, stdout=so, stderr=se, text=True, env=env)
         _, status, usage = os.wait4(p.pid, 0)
         wall = time.perf_counter() - t
         p.returncode = os.waitstatus_to_exitcode(status)
@@ -61,7 +77,8 @@ def parse_variant(v: str, steps: str) -> dict:
     dtype = parts[1] if len(parts) > 1 else "fp32"
     sampler = parts[2] if len(parts) > 2 else "ddpm"
     spacing = parts[3] if len(parts) > 3 else "uniform"
-    return {"name": v, "kind": "unclip", "dtype": dtype, "sampler": sampler, "spacing": spacing,
+    return {"name": v, "kind": "unclip", "readahead": parts[0] != "unclip-noreadahead", "dtype": dtype,
+            "sampler": sampler, "spacing": spacing,
             "steps": parts[4].replace("-", ",") if len(parts) > 4 else steps}
 
 
@@ -79,7 +96,7 @@ def run_variant(var: dict, folder: Path, work: Path) -> dict:
            "--dtype", var["dtype"], "--sampler", var["sampler"], "--spacing", var["spacing"], "--prior-steps", p,
            "--decoder-steps", d, "--sr-steps", s, "--prior-guidance", "4", "--decoder-guidance", "8",
            "-o", str(out), "--json"]
-    r = run_child(cmd)
+    r = run_child(cmd, env=None if var["readahead"] else {**os.environ, "UNCLIP_READAHEAD": "0"})
     info = json.loads(r.pop("stdout")) if r["rc"] == 0 else {}
     image = None
     if r["rc"] == 0:
@@ -174,6 +191,7 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--variants", default="diffusers,unclip:fp32,unclip:bf16")
     ap.add_argument("--flops", action="store_true")
+    ap.add_argument("--cold", action="store_true", help="drop FOLDER's files from the page cache before each run")
     ap.add_argument("--json", default=None)
     ap.add_argument("--out", default=None)  # diffusers-run
     if len(sys.argv) > 1 and sys.argv[1] == "diffusers-run":
@@ -191,6 +209,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(a.runs):
             for v in variants:
+                if a.cold:
+                    os.sync()
+                    evict(folder)
                 res = run_variant(v, folder, Path(tmp))
                 image = res.pop("image")
                 if image is not None and first_image is None:
@@ -203,7 +224,7 @@ def main(argv=None) -> int:
                 print(f"run {r + 1} {v['name']:40s} wall {res['wall_s']:7.1f} s  RSS {res['peak_rss_gb']:5.2f} GB  "
                       f"stages {res.get('stage_s')}  vs first {res.get('levels_vs_first')}", file=sys.stderr, flush=True)
     import torch
-    summary = {"folder": str(folder), "steps": a.steps, "runs": a.runs, "prompt": PROMPT, "torch": torch.__version__,
+    summary = {"folder": str(folder), "steps": a.steps, "runs": a.runs, "cold": a.cold, "prompt": PROMPT, "torch": torch.__version__,
                "git": _git_revision(),
                "threads": torch.get_num_threads(), "cpu": _cpu_name(), "variants": {}}
     for v in variants:

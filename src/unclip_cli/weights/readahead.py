@@ -1,0 +1,76 @@
+"""Reading the next stage's file from disk while the current stage samples.
+
+A run reads its stage files one after another (CLIP, prior, decoder, upsamplers) and each is sampled
+before the next is loaded. When the files are not in the OS page cache (the first run after a boot,
+or a model folder bigger than the free memory), every load waits for the disk. `Readahead` asks the
+OS (posix_fadvise WILLNEED) to bring the file that follows the one just loaded into the page cache in
+the background, so its load is a memory copy by the time its turn comes. Cached pages cost nothing to
+ask for again, and nothing is read into the process's own memory, so peak RSS is unchanged.
+
+One file ahead only, in chunks, and a load of another file stops the warming (the loader reads from
+disk itself then; two readers would halve its speed). UNCLIP_READAHEAD=0 turns it off (for benchmarks).
+"""
+
+import os
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+CHUNK = 64 << 20  # the warming stops within one chunk of being told to
+
+
+def _fadvise_willneed(fd: int, offset: int, length: int) -> None:
+    os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
+
+
+def supported() -> bool:
+    return (hasattr(os, "posix_fadvise") and hasattr(os, "POSIX_FADV_WILLNEED")
+            and os.environ.get("UNCLIP_READAHEAD", "1") != "0")
+
+
+class Readahead:
+    """Warms the file after the one last loaded, in the order a run reads its stage files."""
+
+    def __init__(self, files: Sequence[Path], advise: Callable[[int, int, int], None] | None = None):
+        self.files = [Path(p) for p in files]
+        self._advise = advise or (_fadvise_willneed if supported() else None)
+        self._lock = threading.Lock()
+        self._generation = 0  # bumped by every event; a warming thread stops when it changes
+        self.threads: list[threading.Thread] = []  # started warmers (tests join them)
+
+    def loading(self, paths: Sequence[Path]) -> None:
+        """The loader starts reading `paths`: stop warming anything else."""
+        with self._lock:
+            self._generation += 1
+
+    def loaded(self, paths: Sequence[Path]) -> None:
+        """The loader has read `paths`: warm the file that follows the last of them."""
+        with self._lock:
+            self._generation += 1
+            generation = self._generation
+        if self._advise is None:
+            return
+        later = [self.files.index(Path(p)) for p in paths if Path(p) in self.files]
+        nxt = max(later, default=-1) + 1
+        if not later or nxt >= len(self.files):
+            return
+        thread = threading.Thread(target=self._warm, args=(self.files[nxt], generation), daemon=True,
+                                  name="unclip-readahead")
+        self.threads = [t for t in self.threads if t.is_alive()] + [thread]
+        thread.start()
+
+    def _warm(self, path: Path, generation: int) -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return  # the loader reports a missing or unreadable file itself
+        try:
+            size = os.fstat(fd).st_size
+            for offset in range(0, size, CHUNK):
+                if self._generation != generation:
+                    return
+                self._advise(fd, offset, min(CHUNK, size - offset))
+        except OSError:
+            return  # warming is an optimisation only
+        finally:
+            os.close(fd)
