@@ -34,32 +34,26 @@ class Readahead:
     def __init__(self, files: Sequence[Path], advise: Callable[[int, int, int], None] | None = None):
         self.files = [Path(p) for p in files]
         self._advise = advise or (_fadvise_willneed if supported() else None)
-        self._lock = threading.Lock()
-        self._generation = 0  # bumped by every event; a warming thread stops when it changes
+        self._target: Path | None = None  # the file being warmed; a warming thread stops when it changes
         self.threads: list[threading.Thread] = []  # started warmers (tests join them)
 
     def loading(self, paths: Sequence[Path]) -> None:
-        """The loader starts reading `paths`: stop warming anything else."""
-        with self._lock:
-            self._generation += 1
+        """The loader starts reading `paths`: stop warming any other file."""
+        if self._target not in [Path(p) for p in paths]:
+            self._target = None
 
     def loaded(self, paths: Sequence[Path]) -> None:
         """The loader has read `paths`: warm the file that follows the last of them."""
-        with self._lock:
-            self._generation += 1
-            generation = self._generation
-        if self._advise is None:
-            return
         later = [self.files.index(Path(p)) for p in paths if Path(p) in self.files]
         nxt = max(later, default=-1) + 1
-        if not later or nxt >= len(self.files):
+        self._target = self.files[nxt] if later and nxt < len(self.files) and self._advise else None
+        if self._target is None:
             return
-        thread = threading.Thread(target=self._warm, args=(self.files[nxt], generation), daemon=True,
-                                  name="unclip-readahead")
+        thread = threading.Thread(target=self._warm, args=(self._target,), daemon=True, name="unclip-readahead")
         self.threads = [t for t in self.threads if t.is_alive()] + [thread]
         thread.start()
 
-    def _warm(self, path: Path, generation: int) -> None:
+    def _warm(self, path: Path) -> None:
         try:
             fd = os.open(path, os.O_RDONLY)
         except OSError:
@@ -67,7 +61,7 @@ class Readahead:
         try:
             size = os.fstat(fd).st_size
             for offset in range(0, size, CHUNK):
-                if self._generation != generation:
+                if offset and self._target != path:  # (the first chunk always: a tiny file is warmed whole)
                     return
                 self._advise(fd, offset, min(CHUNK, size - offset))
         except OSError:
