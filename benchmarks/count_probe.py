@@ -22,8 +22,7 @@ from unclip_cli import options
 from unclip_cli.pipeline import cascade, images, stages as stages_mod
 from unclip_cli.shapes import judge, world
 
-# The sampling settings this script's README numbers were measured with (the defaults until 2026-12-02).
-DDPM_25 = {"sampler": "ddpm", "spacing": "uniform", "prior_steps": 25, "decoder_steps": 25, "sr_steps": 10}
+from settings import DDPM_25  # benchmarks/settings.py
 
 
 def prompts() -> dict[str, list[str]]:
