@@ -19,7 +19,7 @@ import torch
 from unclip_cli import options
 from unclip_cli.pipeline import cascade, images, stages as stages_mod
 
-from settings import DDPM_25  # benchmarks/settings.py
+from bench_settings import DDPM_25
 
 
 def median_time(fn, reps: int) -> float:

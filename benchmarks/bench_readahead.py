@@ -19,9 +19,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_speed import evict  # noqa: E402
 
-ORDER = ["clip", "prior", "text_proj", "decoder", "sr256", "sr256_last"]
-
-
 def child(folder: str, sample_s: float) -> None:
     import torch
 
@@ -29,7 +26,7 @@ def child(folder: str, sample_s: float) -> None:
 
     stages, _ = stages_mod.open_model(folder, "cpu", torch.float32, 256)
     out = {}
-    for name in [s for s in ORDER if s in stages.paths]:
+    for name in [s for s in stages_mod.LOAD_ORDER if s in stages.paths]:
         t = time.perf_counter()
         stages.get(name)
         out[name] = round(time.perf_counter() - t, 3)

@@ -74,6 +74,8 @@ def parse_variant(v: str, steps: str) -> dict:
     if parts[0] == "diffusers":  # diffusers[:P-D-S]
         return {"name": v, "kind": "diffusers", "dtype": "fp32", "sampler": "ddpm", "spacing": "uniform",
                 "steps": parts[1].replace("-", ",") if len(parts) > 1 else steps}
+    if parts[0] not in ("unclip", "unclip-noreadahead"):
+        raise SystemExit(f"unknown variant {v!r}: it starts with diffusers, unclip or unclip-noreadahead")
     dtype = parts[1] if len(parts) > 1 else "fp32"
     sampler = parts[2] if len(parts) > 2 else "ddpm"
     spacing = parts[3] if len(parts) > 3 else "uniform"
@@ -224,9 +226,9 @@ def main(argv=None) -> int:
                 print(f"run {r + 1} {v['name']:40s} wall {res['wall_s']:7.1f} s  RSS {res['peak_rss_gb']:5.2f} GB  "
                       f"stages {res.get('stage_s')}  vs first {res.get('levels_vs_first')}", file=sys.stderr, flush=True)
     import torch
-    summary = {"folder": str(folder), "steps": a.steps, "runs": a.runs, "cold": a.cold, "prompt": PROMPT, "torch": torch.__version__,
-               "git": _git_revision(),
-               "threads": torch.get_num_threads(), "cpu": _cpu_name(), "variants": {}}
+    summary = {"folder": str(folder), "steps": a.steps, "runs": a.runs, "cold": a.cold, "prompt": PROMPT,
+               "torch": torch.__version__, "git": _git_revision(), "threads": torch.get_num_threads(),
+               "cpu": _cpu_name(), "variants": {}}
     for v in variants:
         ok = [x for x in results[v["name"]] if x["rc"] == 0]
         best = min(ok, key=lambda x: x["wall_s"]) if ok else None

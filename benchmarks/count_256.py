@@ -14,7 +14,7 @@ from unclip_cli import options
 from unclip_cli.pipeline import cascade, images, stages as stages_mod
 from unclip_cli.shapes import judge, world
 
-from settings import DDPM_25  # benchmarks/settings.py
+from bench_settings import DDPM_25
 torch.set_num_threads(2)
 model = sys.argv[1]
 stages, _ = stages_mod.open_model(model, "cpu", torch.float32, 256, keep_loaded=True)

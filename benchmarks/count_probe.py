@@ -22,7 +22,7 @@ from unclip_cli import options
 from unclip_cli.pipeline import cascade, images, stages as stages_mod
 from unclip_cli.shapes import judge, world
 
-from settings import DDPM_25  # benchmarks/settings.py
+from bench_settings import DDPM_25
 
 
 def prompts() -> dict[str, list[str]]:

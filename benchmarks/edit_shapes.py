@@ -36,7 +36,7 @@ from unclip_cli import options
 from unclip_cli.pipeline import edit_region, stages as stages_mod
 from unclip_cli.shapes import judge, world
 
-from settings import DDPM_25  # benchmarks/settings.py
+from bench_settings import DDPM_25
 
 CASES = [  # (old object, new prompt)
     (("blue", "square"), "a red circle"),

@@ -28,7 +28,8 @@ def measure(stages, prompt: str, guidances: list[float], n: int, rng) -> dict:
     text, _ = cascade.encode_text(stages, [prompt] * n)
     uncond, _ = cascade.encode_text(stages, [""] * n)
     row = {"prompt": prompt, "objects": len(world.canonical(prompt)["objects"]),
-           "true_norm": true.norm(dim=-1).mean().item(), "true_cos": F.cosine_similarity(true, centre[None]).mean().item()}
+           "true_norm": true.norm(dim=-1).mean().item(),
+           "true_cos": F.cosine_similarity(true, centre[None]).mean().item()}
     for g in guidances:
         opts = options.resolve(stages.spec.defaults, {"prior_guidance": g}, stages.decoder_size())
         gens = [torch.Generator().manual_seed(i) for i in range(n)]

@@ -12,7 +12,8 @@ GUIDANCE="--prior-guidance 3 --decoder-guidance 3"  # as measured (the shapes de
 run() {  # name, then eval flags
   local name=$1; shift
   [ -f "$OUT/$name.json" ] && return 0
-  /usr/bin/time -f "$name %e s" "$UNCLIP" eval shapes --per-prompt "$N" --seed 1000 --device cpu $GUIDANCE "$@" --out "$OUT/$name.json" >/dev/null
+  /usr/bin/time -f "$name %e s" "$UNCLIP" eval shapes --per-prompt "$N" --seed 1000 --device cpu $GUIDANCE "$@" \
+    --out "$OUT/$name.json" >/dev/null
 }
 run fp32-ddpm-25 --dtype fp32 --sampler ddpm --spacing uniform --prior-steps 25 --decoder-steps 25
 run bf16-ddpm-25 --dtype bf16 --sampler ddpm --spacing uniform --prior-steps 25 --decoder-steps 25
@@ -29,7 +30,8 @@ mkdir -p "$OUT256"
 run256() {  # name, then eval flags
   local name=$1; shift
   [ -f "$OUT256/$name.json" ] && return 0
-  /usr/bin/time -f "$name %e s" "$UNCLIP" eval shapes --per-prompt 8 --seed 1000 --size 256 --device cpu $GUIDANCE "$@" --out "$OUT256/$name.json" >/dev/null
+  /usr/bin/time -f "$name %e s" "$UNCLIP" eval shapes --per-prompt 8 --seed 1000 --size 256 --device cpu $GUIDANCE \
+    "$@" --out "$OUT256/$name.json" >/dev/null
 }
 run256 bf16-ddpm-25-25-10 --dtype bf16 --sampler ddpm --spacing uniform --prior-steps 25 --decoder-steps 25 --sr-steps 10
 run256 bf16-dpmpp_2m_sde-logsnr-16-16-4 --dtype bf16 --sampler dpmpp_2m_sde --spacing logsnr --prior-steps 16 --decoder-steps 16 --sr-steps 4

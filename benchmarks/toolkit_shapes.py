@@ -37,7 +37,7 @@ from unclip_cli import options
 from unclip_cli.pipeline import cascade, embeddings, images, stages as stages_mod
 from unclip_cli.shapes import judge, world
 
-from settings import DDPM_25  # benchmarks/settings.py
+from bench_settings import DDPM_25
 
 VARY_INPUTS = ("a large red circle", "a large blue square", "a large green triangle", "a small yellow circle")
 MIX_PAIRS = (("a large red circle", "a large blue square"), ("a large green triangle", "a large orange circle"))

@@ -8,7 +8,8 @@ the background, so its load is a memory copy by the time its turn comes. Cached 
 ask for again, and nothing is read into the process's own memory, so peak RSS is unchanged.
 
 One file ahead only, in chunks, and a load of another file stops the warming (the loader reads from
-disk itself then; two readers would halve its speed). UNCLIP_READAHEAD=0 turns it off (for benchmarks).
+disk itself then; two readers would halve its speed) after the chunk under way; the first chunk is always
+asked for, so a file smaller than a chunk is warmed whole. UNCLIP_READAHEAD=0 (or false, no, off) turns it off.
 """
 
 import os
@@ -25,7 +26,7 @@ def _fadvise_willneed(fd: int, offset: int, length: int) -> None:
 
 def supported() -> bool:
     return (hasattr(os, "posix_fadvise") and hasattr(os, "POSIX_FADV_WILLNEED")
-            and os.environ.get("UNCLIP_READAHEAD", "1") != "0")
+            and os.environ.get("UNCLIP_READAHEAD", "1").strip().lower() not in ("0", "false", "no", "off"))
 
 
 class Readahead:

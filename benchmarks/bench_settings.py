@@ -1,5 +1,5 @@
-"""Sampling settings shared by the `shapes` benchmark scripts (run as `python benchmarks/X.py`, so this imports as
-`settings`)."""
+"""Sampling settings shared by the `shapes` benchmark scripts (run as `python benchmarks/X.py`, so this module
+imports as `bench_settings`)."""
 
 # The settings the scripts' README numbers were measured with: the `shapes` defaults until 2026-12-02 (DDPM, 25 / 25 /
 # 10 steps) and its guidance until 2026-12-03 (prior and decoder 3.0). Pinned so that the documented commands keep
