@@ -166,10 +166,24 @@ def test_a_run_warms_each_stage_file_after_the_one_before_it(tmp_path, monkeypat
     assert warmed == order[1:], (warmed, order)
 
 
-@pytest.mark.parametrize("value", ["0", "false", "off", "no", " OFF "])
-def test_unclip_readahead_0_turns_it_off(tmp_path, monkeypatch, value):
-    monkeypatch.setenv("UNCLIP_READAHEAD", value)
+@pytest.mark.parametrize("value", [None, "", "0", "false", "off", "no", " OFF "])
+def test_readahead_is_off_unless_asked_for(tmp_path, monkeypatch, value):
+    if value is None:
+        monkeypatch.delenv("UNCLIP_READAHEAD", raising=False)
+    else:
+        monkeypatch.setenv("UNCLIP_READAHEAD", value)
     files = _files(tmp_path, {"a": 10, "b": 10})
     r = ra.Readahead(files)
     r.loaded([files[0]])
     assert r.threads == []
+
+
+@pytest.mark.skipif(not ra.supported(), reason="no posix_fadvise on this OS")
+@pytest.mark.parametrize("value", ["1", "true", " On ", "yes"])
+def test_unclip_readahead_1_turns_it_on(tmp_path, monkeypatch, value):
+    monkeypatch.setenv("UNCLIP_READAHEAD", value)
+    files = _files(tmp_path, {"a": 10, "b": 10})
+    r = ra.Readahead(files)
+    r.loaded([files[0]])
+    _join(r)
+    assert len(r.threads) == 1

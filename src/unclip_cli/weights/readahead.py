@@ -9,7 +9,10 @@ ask for again, and nothing is read into the process's own memory, so peak RSS is
 
 One file ahead only, in chunks, and a load of another file stops the warming (the loader reads from
 disk itself then; two readers would halve its speed) after the chunk under way; the first chunk is always
-asked for, so a file smaller than a chunk is warmed whole. UNCLIP_READAHEAD=0 (or false, no, off) turns it off.
+asked for, so a file smaller than a chunk is warmed whole.
+
+Off unless UNCLIP_READAHEAD=1 (or true, yes, on): on this machine's disk it made no stage load faster
+(benchmarks/bench_readahead.py, README "Speed"); it is kept for disks slower than the loader's parallel reads.
 """
 
 import os
@@ -25,8 +28,13 @@ def _fadvise_willneed(fd: int, offset: int, length: int) -> None:
 
 
 def supported() -> bool:
-    return (hasattr(os, "posix_fadvise") and hasattr(os, "POSIX_FADV_WILLNEED")
-            and os.environ.get("UNCLIP_READAHEAD", "1").strip().lower() not in ("0", "false", "no", "off"))
+    """The OS can be asked to read a file into its page cache."""
+    return hasattr(os, "posix_fadvise") and hasattr(os, "POSIX_FADV_WILLNEED")
+
+
+def enabled() -> bool:
+    """UNCLIP_READAHEAD asks for it (off by default)."""
+    return os.environ.get("UNCLIP_READAHEAD", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 class Readahead:
@@ -34,7 +42,7 @@ class Readahead:
 
     def __init__(self, files: Sequence[Path], advise: Callable[[int, int, int], None] | None = None):
         self.files = [Path(p) for p in files]
-        self._advise = advise or (_fadvise_willneed if supported() else None)
+        self._advise = advise or (_fadvise_willneed if supported() and enabled() else None)
         self._target: Path | None = None  # the file being warmed; a warming thread stops when it changes
         self.threads: list[threading.Thread] = []  # started warmers (tests join them)
 
