@@ -40,7 +40,8 @@ train-shapes: $(BIN)/.installed
 	$(BIN)/torchrun --nproc_per_node 2 -m unclip_cli train decoder -c configs/shapes/decoder.toml -o runs/shapes/decoder-base
 	$(UNCLIP) train clip -c configs/shapes/clip.toml -o runs/shapes/clip
 	$(UNCLIP) train prior -c configs/shapes/prior.toml -o runs/shapes/prior
-	$(BIN)/torchrun --nproc_per_node 2 -m unclip_cli train decoder -c configs/shapes/decoder-relation.toml -o runs/shapes/decoder
+	$(BIN)/torchrun --nproc_per_node 2 -m unclip_cli train decoder -c configs/shapes/decoder-relation.toml -o runs/shapes/decoder-relation
+	$(BIN)/torchrun --nproc_per_node 2 -m unclip_cli train decoder -c configs/shapes/decoder-relation2.toml -o runs/shapes/decoder
 	$(UNCLIP) train upsampler -c configs/shapes/sr256.toml -o runs/shapes/sr256
 	$(UNCLIP) train upsampler -c configs/shapes/sr1024.toml -o runs/shapes/sr1024
 	$(BIN)/python scripts/bundle_shapes.py runs/shapes
