@@ -22,10 +22,17 @@ def test_eval_ablation_writes_json_and_markdown(home, tmp_path):
         assert mode["all_prompts"]["overall"]["n"] == 60
         assert 0.0 <= mode["diversity"] and -1.0 <= mode["clip_score"] <= 1.0
     md = out.with_suffix(".md").read_text().splitlines()
-    assert md[0].startswith("| conditioning") and len(md) == 2 + 3 * 2
+    assert md[0].startswith("| conditioning") and md.index("") == 2 + 3 * 2
+    # then the images by the first thing wrong: one row per mode and object count, each adding up to its images
+    fails = md[md.index("") + 1:]
+    assert fails[0].startswith("| conditioning | objects | right | count | binding") and len(fails) == 2 + 3 * 2
+    split = res["modes"]["prior"]["all_prompts"]
+    for line in fails[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert sum(map(int, cells[2:])) == split["one_object" if cells[1] == "1" else "two_objects"]["n"]
     # count is reported per prompt type, from the judge's verdicts
     cols = [c.strip() for c in md[0].strip("|").split("|")]
-    prior_row = [c.strip() for c in md[-2].strip("|").split("|")]
+    prior_row = [c.strip() for c in md[md.index("") - 2].strip("|").split("|")]
     one = res["modes"]["prior"]["all_prompts"]["one_object"]["count"]
     two = res["modes"]["prior"]["all_prompts"]["two_objects"]["count"]
     assert prior_row[cols.index("count, 1 object")] == f"{100 * one:.1f}%"
@@ -54,6 +61,17 @@ def test_eval_on_a_prompts_file(home, tmp_path):
     assert res["prompts"] == str(f) and res["modes"]["prior"]["images"] == 4
     split = res["modes"]["prior"]["all_prompts"]
     assert split["one_object"]["n"] == 2 and split["two_objects"]["n"] == 2
+    # what went wrong, per prompt and in all: the tallies add up to the images and agree with the accuracies
+    per = res["modes"]["prior"]["per_prompt"]
+    assert [p["prompt"] for p in per] == ["a red circle", "a blue square above a green triangle"]
+    for p, kind in zip(per, ("one_object", "two_objects")):
+        assert p["images"] == 2 and p["unseen"] is False
+        wrong = sum(p["failures"].values())
+        assert wrong == round(2 * (1 - p["all"]))
+        assert p["all"] == split[kind]["all"]
+        tally = res["modes"]["prior"]["failures"][kind]
+        assert sum(tally.values()) == 2 and tally["ok"] == 2 - wrong
+        assert all(tally[f] == n for f, n in p["failures"].items())
 
 
 def test_eval_refuses_a_prompt_outside_the_shapes_world(home, tmp_path):

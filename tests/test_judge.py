@@ -193,3 +193,22 @@ def test_summarize():
     s = scenes(0, 10)
     out = J.summarize([J.judge(S.render(x, 64), x.caption) for x in s])
     assert out["overall"]["n"] == 10
+
+
+def test_failure_names_the_first_thing_wrong():
+    rng = np.random.default_rng(3)
+    two = S.render(S.scene_from_caption("a red square above a blue circle", rng), 128)
+    assert J.judge(two, "a red square above a blue circle")["failure"] == "ok"
+    # the caption's colours and shapes, bound the other way round
+    assert J.judge(two, "a blue square above a red circle")["failure"] == "binding"
+    assert J.judge(two, "a red circle above a blue square")["failure"] == "binding"
+    # one colour that is not in the picture is a colour mistake, not a binding one
+    assert J.judge(two, "a green square above a blue circle")["failure"] == "color"
+    assert J.judge(two, "a red triangle above a blue circle")["failure"] == "shape"
+    assert J.judge(two, "a red square below a blue circle")["failure"] == "relation"
+    assert J.judge(two, "a red square")["failure"] == "count"
+    one = S.render(S.scene_from_caption("a large green triangle", rng), 128)
+    assert J.judge(one, "a large green triangle")["failure"] == "ok"
+    assert J.judge(one, "a large green circle")["failure"] == "shape"
+    assert J.judge(one, "a small green triangle")["failure"] == "size"
+    assert J.judge(one, "a green triangle left of a red circle")["failure"] == "count"

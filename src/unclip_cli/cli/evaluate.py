@@ -90,18 +90,44 @@ EVAL_COLUMNS = ("conditioning", "prompts", "color", "shape", "size", "relation",
                 "full caption, 2 objects", "CLIP score", "diversity")
 
 
+def _failure_columns() -> tuple[str, ...]:
+    from unclip_cli.shapes.judge import FAILURES
+
+    return ("conditioning", "objects", *("right" if f == "ok" else f for f in FAILURES))
+
+
+def _failure_rows(results: dict) -> list[list[str]]:
+    """Per mode and object count: how many images were right and the first thing wrong with the others."""
+    from unclip_cli.shapes.evaluate import MODES
+
+    rows = []
+    for mode, r in results["modes"].items():
+        for kind, tally in r.get("failures", {}).items():
+            rows.append([MODES[mode], "1" if kind == "one_object" else "2", *(str(n) for n in tally.values())])
+    return rows
+
+
 def print_eval(results: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    console = Console(width=170)
     table = Table(*EVAL_COLUMNS, title=f"unclip eval {results['model']}")
     for row in _eval_rows(results):
         table.add_row(*row)
-    Console(width=170).print(table)
+    console.print(table)
+    table = Table(*_failure_columns(), title="images by the first thing wrong with them")
+    for row in _failure_rows(results):
+        table.add_row(*row)
+    console.print(table)
+
+
+def _markdown_table(columns, rows) -> list[str]:
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
 def eval_markdown(results: dict) -> str:
-    """The eval results as a Markdown table (what the README shows)."""
-    lines = ["| " + " | ".join(EVAL_COLUMNS) + " |", "|" + "---|" * len(EVAL_COLUMNS)]
-    lines += ["| " + " | ".join(row) + " |" for row in _eval_rows(results)]
+    """The eval results as Markdown tables (what the README shows): accuracies, then images by failure."""
+    lines = _markdown_table(EVAL_COLUMNS, _eval_rows(results)) + [""]
+    lines += _markdown_table(_failure_columns(), _failure_rows(results))
     return "\n".join(lines) + "\n"

@@ -60,6 +60,27 @@ def diversity(pils: list, per_prompt: int) -> float:
     return float(np.mean(dists)) if dists else 0.0
 
 
+def failure_counts(verdicts: list[dict]) -> dict:
+    """How many images went wrong in each way (judge.FAILURES: the first thing wrong), per object count."""
+    out = {}
+    for kind, k in (("one_object", 1), ("two_objects", 2)):
+        vs = [v for v in verdicts if v["n_objects"] == k]
+        if vs:
+            out[kind] = {f: sum(v["failure"] == f for v in vs) for f in judge.FAILURES}
+    return out
+
+
+def per_prompt_results(verdicts: list[dict], caps: list[str], unseen: dict) -> list[dict]:
+    """Each prompt's images: how many, the share fully right, and the count of each failure."""
+    out = []
+    for prompt in dict.fromkeys(caps):
+        vs = [v for v, c in zip(verdicts, caps) if c == prompt]
+        fails = {f: sum(v["failure"] == f for v in vs) for f in judge.FAILURES if f != "ok"}
+        out.append({"prompt": prompt, "unseen": unseen[prompt], "images": len(vs),
+                    "all": round(sum(v["all"] for v in vs) / len(vs), 4), "failures": {f: n for f, n in fails.items() if n}})
+    return out
+
+
 def evaluate(stages, opts, *, per_prompt: int = 32, seed: int = 0, modes=("prior",), batch: int = 64,
              prompts: list[tuple[str, bool]] | None = None, report=pipeline._noop) -> dict:
     """Judge accuracies, CLIP score and diversity per conditioning mode."""
@@ -80,6 +101,8 @@ def evaluate(stages, opts, *, per_prompt: int = 32, seed: int = 0, modes=("prior
             "clip_score": round(clip_score(stages, pils, caps), 4),
             "diversity": round(diversity(pils, per_prompt), 4),
             "images": len(pils),
+            "failures": failure_counts(verdicts),
+            "per_prompt": per_prompt_results(verdicts, caps, unseen),
         }
         stages.release("clip")
     return results

@@ -188,7 +188,32 @@ def judge(image: Image.Image, caption: str) -> dict:
     out["all"] = all(v for v in out.values() if v is not None)
     out["n_objects"] = k
     out["detected"] = found
+    out["failure"] = failure(spec, found, out)
     return out
+
+
+FAILURES = ("ok", "count", "binding", "color", "shape", "size", "relation")
+
+
+def failure(spec: dict, found: list, verdict: dict) -> str:
+    """The first thing wrong with an image, in the order of FAILURES: 'count' (another number of objects),
+    'binding' (two objects whose colours and shapes are the caption's, bound the other way round: a red
+    square and a blue circle drawn as a blue square and a red circle), then the first wrong attribute."""
+    if verdict["all"]:
+        return "ok"
+    if not verdict["count"]:
+        return "count"
+    objs = spec["objects"]
+    if len(objs) == 2 and not (verdict["color"] and verdict["shape"]):
+        want = sorted((o["color"], o["shape"]) for o in objs)
+        colors = sorted(o["color"] for o in objs) == sorted(d["color"] for d in found)
+        shapes = sorted(o["shape"] for o in objs) == sorted(d["shape"] for d in found)
+        if colors and shapes and sorted((d["color"], d["shape"]) for d in found) != want:
+            return "binding"
+    for attr in ("color", "shape", "size", "relation"):
+        if verdict[attr] is False:
+            return attr
+    raise ValueError(f"a verdict that is not all right names nothing wrong: {verdict}")
 
 
 def summarize(results: list[dict]) -> dict:
