@@ -1,10 +1,12 @@
 """Measure vary --strength, mix, text diffs and --negative-prompt on the bundled `shapes` model with its judge.
 
 Usage: python benchmarks/toolkit_shapes.py [--n 16] [--series-n 8] [--frames 7] [--neg-n 32] [--only vary,mix,diff,negative]
-       [--prior-file PATH] [--out benchmarks/results/toolkit_shapes.json]
+       [--neg-cases 'a circle:circle:blue+red;...'] [--defaults] [--prior-file PATH]
+       [--out benchmarks/results/toolkit_shapes.json]
 
 Images are judged at the decoder's own size (32 px for shapes; the judge is right on 97.9% of true 32 px
-renders, README). The model's default sampling options (weights.toml) are used. Inputs are true renders
+renders, README). Sampling: DDPM 25 / 25 steps, guidance 3 / 3 (bench_settings.DDPM_25, the settings of the
+README's older tables), or with --defaults the model's own defaults (weights.toml). Inputs are true renders
 of the shapes world (shapes.scene_from_caption, seeded). Each setting is computed batched (one decoder
 call over all seeds), through the same stage functions as the verbs (cascade.decoder_stage with `start`,
 embeddings.slerp / text_diff, cascade.generate with `negative`); batched kernels round differently from
@@ -254,6 +256,10 @@ def main() -> None:
     ap.add_argument("--series-n", type=int, default=8, help="seeds (series) per mix / text-diff case")
     ap.add_argument("--neg-n", type=int, default=32, help="seeds per setting for the negative prompt")
     ap.add_argument("--neg-prompts", default=",".join(c[0] for c in NEGATIVE_CASES), help="which negative-prompt cases")
+    ap.add_argument("--neg-cases", help="other negative-prompt cases: 'PROMPT:SHAPE:NEG+NEG;...', e.g. "
+                    "'a circle:circle:blue+red;a square:square:red' (replaces --neg-prompts)")
+    ap.add_argument("--defaults", action="store_true", help="sample with the model's own defaults (weights.toml) "
+                    "instead of the pinned DDPM 25 / guidance 3 settings of the README's older tables")
     ap.add_argument("--frames", type=int, default=7)
     ap.add_argument("--strengths", default="1.0,0.8,0.6,0.4")
     ap.add_argument("--only", default="vary,mix,diff,negative")
@@ -268,7 +274,7 @@ def main() -> None:
     if args.prior_file:
         stages.paths["prior"] = Path(args.prior_file)
     S = stages.decoder_size()
-    opts = options.resolve(stages.spec.defaults, DDPM_25, S)
+    opts = options.resolve(stages.spec.defaults, {} if args.defaults else DDPM_25, S)
     result = {"model": args.model, "prior_file": args.prior_file, "size": S, "options": {k: getattr(opts, k) for k in options.BY_NAME},
               "threads": torch.get_num_threads()}
     only = args.only.split(",")
@@ -281,6 +287,9 @@ def main() -> None:
         result["text_diff"] = measure_text_diff(stages, opts, args.series_n, args.frames)
     if "negative" in only:
         cases = [c for c in NEGATIVE_CASES if c[0] in args.neg_prompts.split(",")]
+        if args.neg_cases:
+            cases = [(p, shape, tuple(negs.split("+"))) for p, shape, negs in
+                     (c.split(":") for c in args.neg_cases.split(";"))]
         result["negative"] = measure_negative(stages, opts, args.neg_n, cases)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     with open(args.out, "w") as f:
