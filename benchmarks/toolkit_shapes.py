@@ -26,6 +26,7 @@ Prints progress to stderr and writes one JSON object.
 """
 
 import argparse
+import dataclasses
 import itertools
 import json
 import sys
@@ -229,23 +230,20 @@ def judge_negative(pils, shape: str, neg: str | None) -> dict:
             "labels": [[f"{o['color']} {o['shape']}" for o in f] for f in found]}
 
 
-def measure_negative(stages, opts, n: int, cases=NEGATIVE_CASES, rescales=(0.0, cascade.NEGATIVE_RESCALE)) -> dict:
+def measure_negative(stages, opts, n: int, cases=NEGATIVE_CASES, rescales=(0.0, 1.0)) -> dict:
     """Each prompt without a negative prompt, then with each negative under each guidance rescale
-    (0.0 = Kandinsky's pattern alone, as before the fix; cascade.NEGATIVE_RESCALE = `--negative-prompt` now)."""
+    (--negative-rescale: 0.0 = Kandinsky's pattern alone; 1.0 = rescaled, the default before 2026-12-03 for all
+    models and still for Karlo's)."""
     out = {}
-    default = cascade.NEGATIVE_RESCALE
-    try:
-        for prompt, shape, negs in cases:
-            for neg, rescale in [(None, None)] + [(g, r) for g in negs for r in rescales]:
-                t = time.perf_counter()
-                cascade.NEGATIVE_RESCALE = default if rescale is None else rescale
-                x = cascade.generate(stages, [prompt] * n, opts, gens(range(n)), negative=None if neg is None else [neg] * n)
-                key = f"{prompt} | " + (f"negative '{neg}', rescale {rescale}" if neg else "no negative")
-                out[key] = judge_negative(images.to_pil(x), shape, neg)
-                log(f"{key}: " + ", ".join(f"{k} {v}" for k, v in out[key].items() if k != "labels")
-                    + f" ({time.perf_counter() - t:.0f} s)")
-    finally:
-        cascade.NEGATIVE_RESCALE = default
+    for prompt, shape, negs in cases:
+        for neg, rescale in [(None, None)] + [(g, r) for g in negs for r in rescales]:
+            t = time.perf_counter()
+            o = opts if rescale is None else dataclasses.replace(opts, negative_rescale=rescale)
+            x = cascade.generate(stages, [prompt] * n, o, gens(range(n)), negative=None if neg is None else [neg] * n)
+            key = f"{prompt} | " + (f"negative '{neg}', rescale {rescale}" if neg else "no negative")
+            out[key] = judge_negative(images.to_pil(x), shape, neg)
+            log(f"{key}: " + ", ".join(f"{k} {v}" for k, v in out[key].items() if k != "labels")
+                + f" ({time.perf_counter() - t:.0f} s)")
     return {"images_per_setting": n, "settings": out}
 
 

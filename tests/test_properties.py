@@ -69,7 +69,7 @@ def valid_values(name: str):
         return st.sampled_from(o.choices)
     if o.type is int:
         return st.integers(min_value=o.low, max_value=o.high)
-    return st.floats(min_value=o.low, max_value=1e6, allow_nan=False)
+    return st.floats(min_value=o.low, max_value=1e6 if o.high is None else o.high, allow_nan=False)
 
 
 settings_dicts = st.fixed_dictionaries({}, optional={n: valid_values(n) for n in options.BY_NAME})

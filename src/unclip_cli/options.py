@@ -26,6 +26,10 @@ class Options:
                                    "prior's work).", stage="prior", low=1, high=64)
     prior_guidance: float = option(4.0, "Prior classifier-free guidance scale (1 = none).", stage="prior", low=0.0)
     decoder_guidance: float = option(8.0, "Decoder classifier-free guidance scale (1 = none).", stage="decoder", low=0.0)
+    negative_rescale: float = option(1.0, "With --negative-prompt: guidance rescale of the prior and decoder "
+                                     "(0 = Kandinsky 2.2's plain guidance away from the negative; 1 = the guided "
+                                     "prediction rescaled to the conditional one's spread).", stage="prior",
+                                     low=0.0, high=1.0)
     sampler: str = option("ddpm", "ddpm (ancestral, as Karlo), ddim, dpmpp_2m (DPM-Solver++(2M), deterministic) "
                           "or dpmpp_2m_sde (its stochastic form).",
                           stage="all", choices=("ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_sde"))

@@ -22,11 +22,6 @@ from unclip_cli.pipeline.stages import Stages
 
 Report = Callable[[str, int, int], None]  # (stage, steps done, steps total)
 
-# Guidance rescale (samplers.guided) of both guided stages when a negative prompt is the unconditional
-# branch: with it the guided prior embedding keeps the conditional one's length (without it, on
-# shapes' earlier prior, 3c - 2u was ~3x too long and every image noise; README "Negative prompts").
-NEGATIVE_RESCALE = 1.0
-
 
 def _noop(stage: str, done: int, total: int) -> None:
     pass
@@ -290,7 +285,9 @@ def _conditions(stages: Stages, prompts: list[str], negative: list[str] | None, 
     With negative prompts (Kandinsky 2.2's pattern) the negative text is the prior's unconditional
     input, and the prior's embedding of the negative text (sampled with a copy of each generator, so
     the main draws are unchanged, and plainly guided, as any prompt) is the decoder's unconditional
-    image embedding. Guidance away from the negative is rescaled (NEGATIVE_RESCALE) in both stages.
+    image embedding. Guidance away from the negative is rescaled by opts.negative_rescale in both stages
+    (samplers.guided): with 1 the guided prior embedding keeps the conditional one's length (without it, on
+    shapes' prior of 2026-11, 3c - 2u was ~3x too long and every image noise; README "Negative prompts").
     """
     text, uncond = _text_rows(stages, prompts, one_by_one, negative)
     empty = _text_rows(stages, [""] * len(prompts), one_by_one)[0] if negative else None
@@ -300,16 +297,16 @@ def _conditions(stages: Stages, prompts: list[str], negative: list[str] | None, 
 
     def both(i, g):
         neg = prior_stage(stages, uncond(i), empty(i), opts, clone_generators(g), report)
-        pos = prior_stage(stages, text(i), uncond(i), opts, g, report, rescale=NEGATIVE_RESCALE)
+        pos = prior_stage(stages, text(i), uncond(i), opts, g, report, rescale=opts.negative_rescale)
         return torch.stack([pos, neg], 1)
 
     pos_neg = loop(both)
     return text, uncond, pos_neg[:, 0], pos_neg[:, 1]
 
 
-def _negative_branch(neg_embed, i) -> dict:
+def _negative_branch(neg_embed, i, opts: Options) -> dict:
     """decoder_stage's keywords for rows i: the negative's image embedding, rescaled guidance (none: {})."""
-    return {} if neg_embed is None else {"uncond_embed": neg_embed[i], "rescale": NEGATIVE_RESCALE}
+    return {} if neg_embed is None else {"uncond_embed": neg_embed[i], "rescale": opts.negative_rescale}
 
 
 def generate(stages: Stages, prompts: list[str], opts: Options, gens, report: Report = _noop, *,
@@ -318,7 +315,7 @@ def generate(stages: Stages, prompts: list[str], opts: Options, gens, report: Re
     loop = _looper(stages, gens, one_by_one)
     text, uncond, image_embed, neg_embed = _conditions(stages, prompts, negative, opts, loop, report, one_by_one)
     x = loop(lambda i, g: decoder_stage(stages, image_embed[i], text(i), uncond(i), opts, g, report,
-                                        **_negative_branch(neg_embed, i)))
+                                        **_negative_branch(neg_embed, i, opts)))
     return upsample_all(stages, x, opts, gens, report, loop=loop)
 
 
@@ -353,5 +350,5 @@ def edit(stages: Stages, image: torch.Tensor, edit_mask: torch.Tensor, prompts: 
     text, uncond, image_embed, neg_embed = _conditions(stages, prompts, negative, opts, loop, report, one_by_one)
     known = known_at(stages.decoder_size())
     x = loop(lambda i, g: decoder_stage(stages, image_embed[i], text(i), uncond(i), opts, g, report, known,
-                                        **_negative_branch(neg_embed, i)))
+                                        **_negative_branch(neg_embed, i, opts)))
     return upsample_all(stages, x, opts, gens, report, known_at, loop=loop)
