@@ -32,9 +32,10 @@ sr_steps = 4
 prior_guidance = 1.5
 decoder_guidance = 3.0
 # With --negative-prompt: plain guidance away from the negative (0; the option's default, 1, rescales it). On these
-# files at these defaults (benchmarks/toolkit_shapes.py --only negative --defaults, 32 seeds a row) 0 leaves none of
-# the negative's colour in 96 images against 3-12.5% with 1, and exactly one object in 53% / 34% / 97% of them
-# against 28% / 19% / 69% (README "Negative prompts", 2026-12-03).
+# files at these defaults (benchmarks/toolkit_shapes.py --only negative --defaults --neg-cases
+# 'a circle:circle:blue+red;a square:square:red', 32 seeds a row) 0 leaves none of the negative's colour in 96
+# images against 0-12.5% with 1, and exactly one object in 53% / 34% / 97% of them against 28% / 19% / 69%
+# (README "Negative prompts", 2026-12-03).
 negative_rescale = 0.0
 """
 

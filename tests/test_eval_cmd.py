@@ -62,7 +62,7 @@ def test_eval_on_a_prompts_file(home, tmp_path):
     split = res["modes"]["prior"]["all_prompts"]
     assert split["one_object"]["n"] == 2 and split["two_objects"]["n"] == 2
     # what went wrong, per prompt and in all: the tallies add up to the images and agree with the accuracies
-    per = res["modes"]["prior"]["per_prompt"]
+    per = res["modes"]["prior"]["by_prompt"]
     assert [p["prompt"] for p in per] == ["a red circle", "a blue square above a green triangle"]
     for p, kind in zip(per, ("one_object", "two_objects")):
         assert p["images"] == 2 and p["unseen"] is False

@@ -187,6 +187,8 @@ BAD_JOBS = [
     ("generate", {"prompt": "x", "sampler": "euler"}, 400, "sampler must be ddpm or ddim or dpmpp_2m"),
     ("generate", {"prompt": "x", "size": 48}, 400, "size must be"),
     ("generate", {"prompt": "x", "resample": 2}, 400, "unknown field 'resample'"),
+    ("generate", {"prompt": "x", "negative_rescale": 1.5}, 400, "negative_rescale must be between 0.0 and 1.0"),
+    ("vary", {"image": "IMAGE", "negative_rescale": 0.5}, 400, "unknown field 'negative_rescale'"),
     ("generate", {"prompt": "x" * 2001}, 400, "over the 2000 limit"),
     ("generate", ["a list"], 400, "must be a JSON object"),
     ("paint", {"prompt": "x"}, 404, "no such verb"),
@@ -492,3 +494,14 @@ def test_a_port_in_use_is_one_line_before_anything_claims_to_serve(tmp_path):
         r = subprocess.run([sys.executable, "-m", "unclip_cli", "serve", "--port", str(port), "--outdir", str(tmp_path)],
                            capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(SRC)})
     assert r.returncode == 1 and r.stderr == f"error: could not listen on 127.0.0.1:{port} (in use)\n"
+
+
+def test_generate_takes_the_negative_prompt_and_its_rescale_as_the_cli_does(client, out, tmp_path):
+    job = run_job(client, "generate", prompt="a red circle", negative_prompt="red", negative_rescale=0.5, seed=2,
+                  **FAST)
+    cli = run_ok("generate", "a red circle", "--negative-prompt", "red", "--negative-rescale", 0.5, "--seed", 2,
+                 *CLI_FAST, "-o", tmp_path / "cli")
+    params, text = images.read_params(out / job["images"][0])
+    assert (params, text) == images.read_params(cli["images"][0]["path"])
+    assert params["negative_rescale"] == 0.5 and "Negative rescale: 0.5" in text
+    assert np.array_equal(pixels(out / job["images"][0]), pixels(cli["images"][0]["path"]))

@@ -338,7 +338,8 @@ def test_negative_prompt_rescales_guidance_in_both_stages_only(home, tmp_path, m
     assert seen == [0.0, 1.0, 1.0]  # the option's default (this test model's weights.toml sets none)
     for rescale in (0.0, 0.5):
         seen.clear()
-        out = run_ok(*base, "--negative-prompt", "red", "--negative-rescale", rescale, "--outdir", tmp_path / f"r{rescale}")
+        out = run_ok(*base, "--negative-prompt", "red", "--negative-rescale", rescale,
+                     "--outdir", tmp_path / f"r{rescale}")
         assert seen == [0.0, rescale, rescale]
         assert json.loads(invoke("info", "--json", out["images"][0]["path"]).stdout)["negative_rescale"] == rescale
     seen.clear()
@@ -432,6 +433,8 @@ def test_shapes_negative_prompt_removes_its_colour_and_keeps_the_embedding_lengt
         out = run_ok("generate", "a circle", "--negative-prompt", neg, "-n", 8, "--model", "shapes", "--size", 32,
                      "--seed", 0, "--outdir", tmp_path / (neg or "none"))
         found[neg] = [judge.detect(Image.open(r["path"])) for r in out["images"]]
+    # shapes' own default (weights.toml), recorded in the PNG
+    assert json.loads(invoke("info", "--json", out["images"][0]["path"]).stdout)["negative_rescale"] == 0.0
     assert len(prior_out) == 8 + 2 * 8  # plain; then per image the prior of "red" itself, then the guided one
     plain, reds, negative = torch.cat(prior_out[:8]), torch.cat(prior_out[8::2]), torch.cat(prior_out[9::2])
     assert (negative.norm(dim=-1) / plain.norm(dim=-1)).max() < 1.3  # 1.02-1.07 since 2026-12-03

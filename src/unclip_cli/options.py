@@ -11,7 +11,8 @@ from dataclasses import dataclass, field, fields, replace
 
 
 def option(default, help: str, *, stage: str, low=None, high=None, choices: tuple = ()):
-    """A sampling option: `stage` says which verbs offer it (vary has no prior)."""
+    """A sampling option: `stage` says which verbs offer it (vary has no prior; "negative": the verbs with
+    --negative-prompt, generate and edit)."""
     meta = {"help": help, "stage": stage, "low": low, "high": high, "choices": choices}
     return field(default=default, metadata={"option": meta})
 
@@ -28,7 +29,7 @@ class Options:
     decoder_guidance: float = option(8.0, "Decoder classifier-free guidance scale (1 = none).", stage="decoder", low=0.0)
     negative_rescale: float = option(1.0, "With --negative-prompt: guidance rescale of the prior and decoder "
                                      "(0 = Kandinsky 2.2's plain guidance away from the negative; 1 = the guided "
-                                     "prediction rescaled to the conditional one's spread).", stage="prior",
+                                     "prediction rescaled to the conditional one's spread).", stage="negative",
                                      low=0.0, high=1.0)
     sampler: str = option("ddpm", "ddpm (ancestral, as Karlo), ddim, dpmpp_2m (DPM-Solver++(2M), deterministic) "
                           "or dpmpp_2m_sde (its stochastic form).",

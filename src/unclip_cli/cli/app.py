@@ -115,7 +115,7 @@ Negative = Annotated[str, typer.Option("--negative-prompt", help="What to steer 
 
 
 @app.command()
-@with_options("prior", "decoder", "upsampler")
+@with_options("prior", "decoder", "upsampler", "negative")
 def generate(prompt: Annotated[Optional[str], typer.Argument(help="What to draw.")] = None,
              negative_prompt: Negative = "", prompts_file: PromptsFile = None, guidelines: GuidelinesFile = None,
              **kw):
@@ -167,7 +167,7 @@ def mix(
 
 
 @app.command()
-@with_options("prior", "decoder", "upsampler", "edit")
+@with_options("prior", "decoder", "upsampler", "edit", "negative")
 def edit(
     image: Annotated[Path, typer.Argument(help="The image to edit (any size; never stretched).")],
     prompt: Annotated[Optional[str], typer.Argument(help="What the masked area should show.")] = None,

@@ -99,11 +99,12 @@ def _failure_columns() -> tuple[str, ...]:
 def _failure_rows(results: dict) -> list[list[str]]:
     """Per mode and object count: how many images were right and the first thing wrong with the others."""
     from unclip_cli.shapes.evaluate import MODES
+    from unclip_cli.shapes.judge import FAILURES
 
     rows = []
     for mode, r in results["modes"].items():
         for kind, tally in r.get("failures", {}).items():
-            rows.append([MODES[mode], "1" if kind == "one_object" else "2", *(str(n) for n in tally.values())])
+            rows.append([MODES[mode], "1" if kind == "one_object" else "2", *(str(tally.get(f, 0)) for f in FAILURES)])
     return rows
 
 
@@ -123,7 +124,8 @@ def print_eval(results: dict) -> None:
 
 
 def _markdown_table(columns, rows) -> list[str]:
-    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)] + ["| " + " | ".join(r) + " |" for r in rows]
+    head = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return head + ["| " + " | ".join(r) + " |" for r in rows]
 
 
 def eval_markdown(results: dict) -> str:

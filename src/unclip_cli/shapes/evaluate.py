@@ -77,7 +77,8 @@ def per_prompt_results(verdicts: list[dict], caps: list[str], unseen: dict) -> l
         vs = [v for v, c in zip(verdicts, caps) if c == prompt]
         fails = {f: sum(v["failure"] == f for v in vs) for f in judge.FAILURES if f != "ok"}
         out.append({"prompt": prompt, "unseen": unseen[prompt], "images": len(vs),
-                    "all": round(sum(v["all"] for v in vs) / len(vs), 4), "failures": {f: n for f, n in fails.items() if n}})
+                    "all": round(sum(v["all"] for v in vs) / len(vs), 4),
+                    "failures": {f: n for f, n in fails.items() if n}})
     return out
 
 
@@ -102,7 +103,7 @@ def evaluate(stages, opts, *, per_prompt: int = 32, seed: int = 0, modes=("prior
             "diversity": round(diversity(pils, per_prompt), 4),
             "images": len(pils),
             "failures": failure_counts(verdicts),
-            "per_prompt": per_prompt_results(verdicts, caps, unseen),
+            "by_prompt": per_prompt_results(verdicts, caps, unseen),
         }
         stages.release("clip")
     return results

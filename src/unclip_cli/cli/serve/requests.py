@@ -37,9 +37,13 @@ VERBS = {
 }
 
 
+VERB_ONLY = {"edit": ("edit",), "negative": ("generate", "edit")}  # option stages only some verbs take
+
+
 def sampling_fields(verb: str) -> list[options.OptionInfo]:
-    """The sampling options a verb takes, as the CLI offers them (RePaint's only for edit)."""
-    return [o for o in options.SAMPLING if o.stage != "edit" or verb == "edit"]
+    """The sampling options a verb takes, as the CLI offers them (RePaint's only for edit, the negative prompt's
+    rescale for generate and edit)."""
+    return [o for o in options.SAMPLING if verb in VERB_ONLY.get(o.stage, (verb,))]
 
 
 def api_words(message: str) -> str:

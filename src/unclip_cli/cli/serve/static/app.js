@@ -58,7 +58,9 @@ function advancedFields(info) {
   box.append(el("label", { text: "Size " }, size));
   for (const o of info.options) {
     const where = o.stage === "edit" ? $("#edit-options") : box;
-    where.append(el("label", { title: o.help, text: o.name.replace(/_/g, " ") + " " }, optionInput(o, info.defaults[o.name])));
+    const input = optionInput(o, info.defaults[o.name]);
+    input.dataset.stage = o.stage;
+    where.append(el("label", { title: o.help, text: o.name.replace(/_/g, " ") + " " }, input));
   }
 }
 
@@ -72,6 +74,7 @@ function commonBody(form, verb) {
   const adv = $$("#advanced-fields [name]").concat(verb === "edit" ? $$("#edit-options [name]") : []);
   for (const input of adv) {
     if (input.value === "") continue;
+    if (input.dataset.stage === "negative" && verb !== "generate" && verb !== "edit") continue;  // no negative prompt
     body[input.name] = input.tagName === "SELECT" && input.name !== "size" ? input.value : Number(input.value);
   }
   return body;
