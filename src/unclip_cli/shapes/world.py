@@ -175,10 +175,15 @@ def hard_negative(caption: str, rng) -> str | None:
     key = _pick(rng, options)
     relation = spec["relation"]
     if key == "relation":
-        relation = INVERSE[relation]
-    else:
-        objs[0][key], objs[1][key] = objs[1][key], objs[0][key]
-    return make_caption({"objects": objs, "relation": relation})
+        return make_caption({"objects": objs, "relation": INVERSE[relation]})
+    return make_caption({"objects": _swapped(objs, key), "relation": relation})
+
+
+def _swapped(objs: list[dict], key: str) -> list[dict]:
+    """Two objects with their `key` (colour or shape) exchanged."""
+    out = [dict(o) for o in objs]
+    out[0][key], out[1][key] = objs[1][key], objs[0][key]
+    return out
 
 
 def hard_negatives(caption: str, rng) -> list[str]:
@@ -207,10 +212,7 @@ def hard_negatives(caption: str, rng) -> list[str]:
            make_caption({"objects": objs[::-1], "relation": relation}, phrase)]
     keys = [k for k in ("color", "shape") if objs[0][k] != objs[1][k]]
     if len(keys) == 2:  # with one attribute differing, swapping it is the reordered caption again
-        key = _pick(rng, keys)
-        swapped = [dict(o) for o in objs]
-        swapped[0][key], swapped[1][key] = objs[1][key], objs[0][key]
-        out.append(make_caption({"objects": swapped, "relation": relation}, phrase))
+        out.append(make_caption({"objects": _swapped(objs, _pick(rng, keys)), "relation": relation}, phrase))
     return [c for c in out if canonical(c) != spec]
 
 

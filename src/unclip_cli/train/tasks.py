@@ -128,7 +128,8 @@ class ClipTask(Task):
             if self.hard_negatives == "all":
                 negs = [c for i in idx.tolist() for c in shapes_world.hard_negatives(self.captions[i], rng)]
             else:
-                negs = [c for c in (shapes_world.hard_negative(self.captions[i], rng) for i in idx.tolist()) if c is not None]
+                negs = [shapes_world.hard_negative(self.captions[i], rng) for i in idx.tolist()]
+                negs = [c for c in negs if c is not None]
             if negs:
                 ids = torch.cat([ids, self.tokenize(negs)[0]])
         out = {"pixels": pix.to(self.device), "ids": ids.to(self.device)}
@@ -201,11 +202,9 @@ class ClipData:
 
     def text_batch(self, idx: torch.Tensor, drop: torch.Tensor) -> clip.TextEncoding:
         """Caption encodings of items idx, with the empty caption where drop is True."""
-        enc = self.text
-        c = self.caption_idx[idx]
-        embed, tokens, mask = enc.embed[c].clone(), enc.tokens[c].clone(), enc.mask[c].clone()
-        embed[drop], tokens[drop], mask[drop] = self.empty.embed[0], self.empty.tokens[0], self.empty.mask[0]
-        return clip.TextEncoding(embed.to(self.device), tokens.to(self.device), mask.to(self.device))
+        t = self.text.rows(self.caption_idx[idx])  # indexing with a tensor copies: the cache is not written
+        t.embed[drop], t.tokens[drop], t.mask[drop] = self.empty.embed[0], self.empty.tokens[0], self.empty.mask[0]
+        return clip.TextEncoding(t.embed.to(self.device), t.tokens.to(self.device), t.mask.to(self.device))
 
 
 # Prior ---------------------------------------------------------------------------------------
