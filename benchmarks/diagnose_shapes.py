@@ -6,7 +6,8 @@ On true renders of the held-out prompts (shapes.scene_from_caption, seeded):
 1. CLIP retrieval: is each render's embedding closest to its own prompt's among the held-out prompts
    (24 until 2026-12-01, 30 since; files written before 2026-12-02 fifth session label it "_of_24" either way)?
 2. Prior: is the prior's embedding for a prompt nearest to a render of that same prompt?
-3. Decoder alone: fed the renders' *true* CLIP image embeddings (and captions), judged at its size.
+3. Decoder alone: fed the renders' *true* CLIP image embeddings (and captions), judged at its size (also per
+   prompt: the share of its images right in every respect).
 4. Relations in CLIP: for two-object renders, the right relation among the four, and "A rel B" vs "B rel A";
    and the mean cosine similarity of the text embeddings of the four captions that differ only in the relation.
 5. Layout in CLIP's image embedding: a linear probe (trained on 2400 two-object renders, tested on 600
@@ -70,9 +71,18 @@ def main() -> None:
         **retrieval,
         "prior_nearest_render_same_prompt": round(float(prior_nn), 4),
         "decoder_from_true_embeddings": judge.summarize(verdicts),
+        "decoder_from_true_embeddings_by_prompt": by_prompt(verdicts, caps),
         **relations,
         "clip_linear_probes": layout,
     }, indent=1))
+
+
+def by_prompt(verdicts: list[dict], caps: list[str]) -> dict:
+    """{prompt: share of its images right in every respect}, in the held-out list's order."""
+    out: dict[str, list] = {}
+    for v, c in zip(verdicts, caps):
+        out.setdefault(c, []).append(bool(v["all"]))
+    return {c: round(sum(r) / len(r), 4) for c, r in out.items()}
 
 
 def retrieval_top1(encode_images, encode_text, per_prompt: int):
