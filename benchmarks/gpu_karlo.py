@@ -538,6 +538,14 @@ def since_launch() -> float | None:
         return None
 
 
+def keep(a, out: Result, rec: dict) -> None:
+    """Add a run to the child's results (the process's first run also gets its seconds since launch) and log it."""
+    if not out.data["runs"]:
+        rec["since_launch_s"] = since_launch()
+    out.add(rec)
+    log(a, _summary(rec))
+
+
 def log(a, text: str) -> None:
     print(f"  [{a.name or a.kind}] {text}", file=sys.stderr, flush=True)
 
@@ -717,7 +725,6 @@ def child_diffusers(a, out: Result) -> None:
     log(a, f"loaded in {out.data['load_s']} s")
     pipe = diffusers_pipeline(a.folder, parts)
     clock = DiffusersClock(pipe, gpu)
-    first = True
     for run, setting in (("short:cold", "short"), ("karlo", "karlo"), ("short", "short")):
         p, d, s = a.settings[setting]["steps"]
         clock.begin()
@@ -737,11 +744,7 @@ def child_diffusers(a, out: Result) -> None:
                "opts": {"prior_steps": p, "decoder_steps": d, "sr_steps": s, "sampler": "ddpm", "spacing": "uniform"},
                "peak_gb": {**gpu.peak(), "alloc_gb": round(max(clock.overall, gpu.peak_alloc()), 3)} if gpu.on else {},
                "finite": bool(np.isfinite(image).all()), "image": str(npy)}
-        if first:
-            rec["since_launch_s"] = since_launch()
-            first = False
-        out.add(rec)
-        log(a, _summary(rec))
+        keep(a, out, rec)
 
 
 # unclip -------------------------------------------------------------------------------------------------------
@@ -891,14 +894,9 @@ def child_unclip(a, out: Result) -> None:
     out.data["open_and_check_s"] = round(time.perf_counter() - t, 3)
     nets = NetClock(gpu)
     loads = instrument_loads(stages, gpu, nets)
-    first = True
     for run, setting in (("short:cold", "short"), ("karlo", "karlo"), ("defaults", "defaults"), ("short", "short")):
         rec = unclip_run(a, stages, setting, gpu, loads, nets, run, "stagewise")
-        if first:
-            rec["since_launch_s"] = since_launch()
-            first = False
-        out.add(rec)
-        log(a, _summary(rec))
+        keep(a, out, rec)
 
 
 # Every stage kept loaded: eager, then tuned (cudnn.benchmark, CUDA graphs) or compiled ---------------------------
