@@ -23,9 +23,8 @@ Issue 11: one prepared script for one call of the device tool (an H200), at most
    - `compile:fp16:MODE`  every stage kept loaded; eager, then `nn.Module.compile(mode=MODE, dynamic=False)` on
      the prior, the decoder and both upsamplers (first run = compilation); graph breaks recorded. Others can be
      asked for, e.g. `compile:fp16:max-autotune-no-cudagraphs` or `compile:fp16:reduce-overhead`. The decoder
-     attention's K/V cache check (`context.is_inference()`, models/unet.py) breaks dynamo's graph in every attention
-     block, so this process replaces `AttentionBlock._context_kv` by the plain projections (what it computes under
-     inference_mode, where the tuned and compiled phases run); on the CPU that gave 0 graph breaks and 3 graphs
+     attention's K/V cache is skipped while dynamo traces (models/unet.py, `_context_kv`; once its
+     `is_inference()` check broke the graph in every attention block); on the CPU: 0 graph breaks and 3 graphs
      (prior, decoder, both upsamplers in one).
 3. Per run: seconds of the whole generate call, per stage (CUDA-synchronised at the stage's first and last step:
    sampling with the sampler's arithmetic; for diffusers from the first to the last network call of the stage,
@@ -982,13 +981,6 @@ def apply_opt(a, opt: str, stages, gpu: Gpu) -> dict:
     elif opt.startswith("compile="):
         mode = opt.split("=", 1)[1]
         kw = {"backend": a.compile_backend, "dynamic": False}
-        # models/unet.py's K/V cache asks context.is_inference(), which dynamo cannot trace: every attention block
-        # would break the graph (and ResBlock.forward then recompiles per shape past the recompile limit). Under
-        # inference_mode, where these phases run, that cache is off anyway: the same arithmetic without the check.
-        from unclip_cli.models.unet import AttentionBlock
-
-        AttentionBlock._context_kv = lambda self, context: (self.add_k_proj(context), self.add_v_proj(context))
-        info["patched"] = "AttentionBlock._context_kv without its cache (is_inference() breaks dynamo's graphs)"
         import torch._dynamo
 
         for limit in ("recompile_limit", "cache_size_limit"):

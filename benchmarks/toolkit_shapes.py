@@ -286,8 +286,12 @@ def main() -> None:
     if "negative" in only:
         cases = [c for c in NEGATIVE_CASES if c[0] in args.neg_prompts.split(",")]
         if args.neg_cases:
-            cases = [(p, shape, tuple(negs.split("+"))) for p, shape, negs in
-                     (c.split(":") for c in args.neg_cases.split(";"))]
+            cases = []
+            for case in args.neg_cases.split(";"):
+                parts = case.split(":")
+                if len(parts) != 3 or not all(p.strip() for p in parts):
+                    ap.error(f"--neg-cases: {case!r} is not 'PROMPT:SHAPE:NEG+NEG'")
+                cases.append((parts[0], parts[1], tuple(parts[2].split("+"))))
         result["negative"] = measure_negative(stages, opts, args.neg_n, cases)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     with open(args.out, "w") as f:

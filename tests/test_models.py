@@ -256,6 +256,25 @@ def test_context_keys_and_values_are_reused_only_for_the_same_unchanged_context(
         hook.remove()
 
 
+def test_decoder_traces_into_one_graph_for_torch_compile(decoder, text_proj):
+    """torch.compile sees the whole decoder as one graph (fullgraph=True fails on any graph break, as the
+    K/V cache's is_inference() check once caused in every attention block) and computes what eager does."""
+    import copy
+
+    torch._dynamo.reset()
+    text = text_inputs(real_tokens=(6, 20))
+    net = copy.deepcopy(decoder)
+    compiled = torch.compile(net, backend="eager", fullgraph=True, dynamic=False)
+    with torch.no_grad():
+        emb, context, cmask = text_proj(torch.randn(B, tiny.TEXT_PROJ.clip_embeddings_dim), **text)
+        x = torch.randn(B, 3, 32, 32)
+        ref = decoder(x, torch.tensor([3, 700]), emb=emb, context=context, context_mask=cmask)
+        for _ in range(2):  # the second call must not find a cached K/V from the first inside the graph
+            out = compiled(x, torch.tensor([3, 700]), emb=emb, context=context, context_mask=cmask)
+            torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    torch._dynamo.reset()
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_inference_writes_in_place_with_the_same_bits_as_autograd(decoder, text_proj, layout, dtype):

@@ -140,8 +140,10 @@ class AttentionBlock(nn.Module):
         """The context tokens' keys and values. While sampling (no autograd) they are kept for the next
         call with the same, unmodified context tensor and unmodified projection weights (version counters
         count in-place changes): a stage passes one context for all its steps, so they are computed once
-        per image, not once per step. With autograd on, or for inference-mode tensors, never cached."""
-        if torch.is_grad_enabled() or context.is_inference():
+        per image, not once per step. With autograd on, for inference-mode tensors, or inside torch.compile
+        (the cache is Python state a traced graph cannot hold, and is_inference() would break the graph),
+        never cached."""
+        if torch.is_grad_enabled() or torch.compiler.is_compiling() or context.is_inference():
             self._kv_cache = None
             return self.add_k_proj(context), self.add_v_proj(context)
         key = (context._version, self.add_k_proj.weight._version, self.add_v_proj.weight._version,
