@@ -231,6 +231,25 @@ def test_output_folder_under_a_file_vary(home, tmp_path):
     assert_error(invoke("vary", picture(tmp_path / "a.png"), "-o", out), "output folder", "not writable")
 
 
+def test_output_folder_named_like_an_image_file_is_refused(home, tmp_path):
+    out = tmp_path / "cat.png"
+    line = assert_error(invoke("generate", "a cat", *FAST, "-o", out), "output folder", str(out), "image file name",
+                        "-o " + str(tmp_path / "cat"))
+    assert not out.exists() and "not writable" not in line
+    existing = tmp_path / "file.png"
+    existing.write_bytes(b"x")  # an existing file of that name: still this error, and the file is untouched
+    assert_error(invoke("vary", picture(tmp_path / "a.png"), "-o", existing), "image file name")
+    assert existing.read_bytes() == b"x"
+
+
+def test_an_existing_folder_named_like_an_image_is_used(home, tmp_path):
+    out = tmp_path / "shots.png"
+    out.mkdir()
+    r = invoke("generate", "a cat", *FAST, "-o", out)
+    assert r.exit_code == 0, r.stderr
+    assert [p.suffix for p in out.iterdir()] == [".png"]
+
+
 def test_bad_size(home, out):
     assert_error(invoke("generate", "a cat", "--size", 512, "-o", out), "--size", "64, 256 or 1024", "512", outdir=out)
 

@@ -213,7 +213,12 @@ def slug(text: str, limit: int = 40) -> str:
 
 
 def check_outdir(outdir: Path) -> Path:
-    """Create the output folder if needed and prove it is writable, before any work is done."""
+    """Create the output folder if needed and prove it is writable, before any work is done. A new folder
+    named like an image file (`-o cat.png`, the habit from tools whose -o is a file) is refused, not made."""
+    if outdir.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".gif") and not outdir.is_dir():
+        raise UnclipError(f"output folder {outdir} looks like an image file name: -o/--outdir is the folder the "
+                          f"images go into, under numbered names (NNNNN-SEED-PROMPT.png); "
+                          f"pass a folder, e.g. -o {outdir.with_suffix('')}")
     probe = outdir / f".unclip-probe-{os.getpid()}"
     try:
         outdir.mkdir(parents=True, exist_ok=True)
