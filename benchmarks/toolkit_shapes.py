@@ -247,6 +247,20 @@ def measure_negative(stages, opts, n: int, cases=NEGATIVE_CASES, rescales=(0.0, 
     return {"images_per_setting": n, "settings": out}
 
 
+def parse_neg_cases(ap: argparse.ArgumentParser, text: str) -> list:
+    """--neg-cases 'PROMPT:SHAPE:NEG+NEG;...' checked before any work: known shape and colour names only."""
+    cases = []
+    for case in text.split(";"):
+        parts = [p.strip() for p in case.split(":")]
+        negs = tuple(n.strip() for n in parts[2].split("+")) if len(parts) == 3 else ()
+        if len(parts) != 3 or not parts[0] or parts[1] not in world.SHAPES or not negs \
+                or not all(n in world.COLORS for n in negs):
+            ap.error(f"--neg-cases: {case!r} is not 'PROMPT:SHAPE:COLOUR+COLOUR' (shapes: {', '.join(world.SHAPES)}; "
+                     f"colours: {', '.join(world.COLORS)})")
+        cases.append((parts[0], parts[1], negs))
+    return cases
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="shapes")
@@ -266,6 +280,8 @@ def main() -> None:
     ap.add_argument("--prior-file", help="sample with this prior instead of the bundled one (e.g. an earlier "
                     "one: git show 490b26c^:src/unclip_cli/bundled/shapes/prior.safetensors > old_prior.safetensors)")
     args = ap.parse_args()
+    cases = parse_neg_cases(ap, args.neg_cases) if args.neg_cases else \
+        [c for c in NEGATIVE_CASES if c[0] in args.neg_prompts.split(",")]
     if args.reanalyze:
         return reanalyze(args.out)
     stages, size = stages_mod.open_model(args.model, "cpu", torch.float32, None, keep_loaded=True)
@@ -284,14 +300,6 @@ def main() -> None:
     if "diff" in only:
         result["text_diff"] = measure_text_diff(stages, opts, args.series_n, args.frames)
     if "negative" in only:
-        cases = [c for c in NEGATIVE_CASES if c[0] in args.neg_prompts.split(",")]
-        if args.neg_cases:
-            cases = []
-            for case in args.neg_cases.split(";"):
-                parts = case.split(":")
-                if len(parts) != 3 or not all(p.strip() for p in parts):
-                    ap.error(f"--neg-cases: {case!r} is not 'PROMPT:SHAPE:NEG+NEG'")
-                cases.append((parts[0], parts[1], tuple(parts[2].split("+"))))
         result["negative"] = measure_negative(stages, opts, args.neg_n, cases)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     with open(args.out, "w") as f:

@@ -143,7 +143,7 @@ class AttentionBlock(nn.Module):
         per image, not once per step. With autograd on, for inference-mode tensors, or inside torch.compile
         (the cache is Python state a traced graph cannot hold, and is_inference() would break the graph),
         never cached."""
-        if torch.is_grad_enabled() or torch.compiler.is_compiling() or context.is_inference():
+        if torch.is_grad_enabled() or _is_compiling() or context.is_inference():
             self._kv_cache = None
             return self.add_k_proj(context), self.add_v_proj(context)
         key = (context._version, self.add_k_proj.weight._version, self.add_v_proj.weight._version,
@@ -154,6 +154,10 @@ class AttentionBlock(nn.Module):
         kv = self.add_k_proj(context), self.add_v_proj(context)
         self._kv_cache = (context, key, *kv)
         return kv
+
+
+# torch.compiler.is_compiling arrived in torch 2.3; before it nothing is traced by dynamo in this package's paths.
+_is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
 
 
 def _channels_last(x: torch.Tensor) -> bool:

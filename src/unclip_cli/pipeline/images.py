@@ -218,7 +218,7 @@ def check_outdir(outdir: Path) -> Path:
     if outdir.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".gif") and not outdir.is_dir():
         raise UnclipError(f"output folder {outdir} looks like an image file name: -o/--outdir is the folder the "
                           f"images go into, under numbered names (NNNNN-SEED-PROMPT.png); "
-                          f"pass a folder, e.g. -o {outdir.with_suffix('')}")
+                          f"pass a folder, e.g. -o {str(outdir)[:-len(outdir.suffix)]}")
     probe = outdir / f".unclip-probe-{os.getpid()}"
     try:
         outdir.mkdir(parents=True, exist_ok=True)
