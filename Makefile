@@ -39,7 +39,13 @@ train-shapes: $(BIN)/.installed
 	$(UNCLIP) train clip -c configs/shapes/clip-base.toml -o runs/shapes/clip-base
 	$(BIN)/torchrun --nproc_per_node 2 -m unclip_cli train decoder -c configs/shapes/decoder.toml -o runs/shapes/decoder-base
 	$(UNCLIP) train clip -c configs/shapes/clip.toml -o runs/shapes/clip
-	$(UNCLIP) train prior -c configs/shapes/prior.toml -o runs/shapes/prior
+	$(UNCLIP) train prior -c configs/shapes/prior.toml -o runs/shapes/prior-1000
+	test -d runs/shapes/prior-2000 || cp -r runs/shapes/prior-1000 runs/shapes/prior-2000
+	$(UNCLIP) train prior -c configs/shapes/prior-2000.toml -o runs/shapes/prior-2000
+	mkdir -p runs/shapes/prior
+	test -f runs/shapes/prior/prior.safetensors || $(BIN)/python scripts/average_stages.py \
+	  runs/shapes/prior/prior.safetensors runs/shapes/prior-1000/prior.safetensors runs/shapes/prior-2000/prior.safetensors
+	cp runs/shapes/prior-2000/log.jsonl runs/shapes/prior/log.jsonl
 	$(BIN)/torchrun --nproc_per_node 2 -m unclip_cli train decoder -c configs/shapes/decoder-relation.toml -o runs/shapes/decoder-relation
 	$(BIN)/torchrun --nproc_per_node 2 -m unclip_cli train decoder -c configs/shapes/decoder-relation2.toml -o runs/shapes/decoder
 	$(UNCLIP) train upsampler -c configs/shapes/sr256.toml -o runs/shapes/sr256
