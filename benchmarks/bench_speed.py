@@ -5,9 +5,7 @@
 
 FOLDER is a diffusers-layout Karlo folder (random weights: `python benchmarks/bench_karlo.py make FOLDER`).
 A variant is `diffusers[:P-D-S]` (UnCLIPPipeline, fp32, its DDPM) or `unclip:DTYPE[:SAMPLER:SPACING[:P-D-S]]` (the real
-`unclip generate` command), e.g. `unclip:fp32`, `unclip:bf16`, `unclip:bf16:dpmpp_2m:logsnr:12-12-4`
-(`unclip-readahead:...`: the same with UNCLIP_READAHEAD=1, the stage-file readahead on; `unclip-noreadahead:...`
-with it off, the default since 2026-12-03). Every
+`unclip generate` command), e.g. `unclip:fp32`, `unclip:bf16`, `unclip:bf16:dpmpp_2m:logsnr:12-12-4`. Every
 variant runs as its own process, the variants interleaved, `--runs` rounds (the machine is shared and noisy:
 the faster run counts); the same prompt, seed 0, 256x256 and, unless a variant names its own, the same steps.
 Per run: wall seconds of the whole command (start to exit: imports, loading, sampling, writing), seconds of
@@ -75,13 +73,12 @@ def parse_variant(v: str, steps: str) -> dict:
     if parts[0] == "diffusers":  # diffusers[:P-D-S]
         return {"name": v, "kind": "diffusers", "dtype": "fp32", "sampler": "ddpm", "spacing": "uniform",
                 "steps": parts[1].replace("-", ",") if len(parts) > 1 else steps}
-    if parts[0] not in ("unclip", "unclip-readahead", "unclip-noreadahead"):
-        raise SystemExit(f"unknown variant {v!r}: it starts with diffusers, unclip, unclip-readahead or "
-                         "unclip-noreadahead")
+    if parts[0] != "unclip":
+        raise SystemExit(f"unknown variant {v!r}: it starts with diffusers or unclip")
     dtype = parts[1] if len(parts) > 1 else "fp32"
     sampler = parts[2] if len(parts) > 2 else "ddpm"
     spacing = parts[3] if len(parts) > 3 else "uniform"
-    return {"name": v, "kind": "unclip", "readahead": parts[0] == "unclip-readahead", "dtype": dtype,
+    return {"name": v, "kind": "unclip", "dtype": dtype,
             "sampler": sampler, "spacing": spacing,
             "steps": parts[4].replace("-", ",") if len(parts) > 4 else steps}
 
@@ -100,7 +97,7 @@ def run_variant(var: dict, folder: Path, work: Path) -> dict:
            "--dtype", var["dtype"], "--sampler", var["sampler"], "--spacing", var["spacing"], "--prior-steps", p,
            "--decoder-steps", d, "--sr-steps", s, "--prior-guidance", "4", "--decoder-guidance", "8",
            "-o", str(out), "--json"]
-    r = run_child(cmd, env={**os.environ, "UNCLIP_READAHEAD": "1" if var["readahead"] else "0"})
+    r = run_child(cmd)
     info = json.loads(r.pop("stdout")) if r["rc"] == 0 else {}
     image = None
     if r["rc"] == 0:

@@ -16,14 +16,11 @@ from unclip_cli.diffusion.spec import DiffusionSpec
 from unclip_cli.errors import UnclipError
 from unclip_cli.models import clip
 from unclip_cli.weights import checkpoint, hub, karlo, registry, vocabulary
-from unclip_cli.weights.readahead import Readahead
 from unclip_cli.models.unet import UNet
 from unclip_cli.weights.spec import REQUIRED, ModelSpec
 
 KINDS = {"clip": "clip", "prior": "prior", "text_proj": "text_proj", "decoder": "unet"}  # others: "unet"
 SIZES = (32, 64, 256, 1024)
-# the order a run loads its stages in (the readahead warms the file after the one last loaded)
-LOAD_ORDER = ("clip", "clip_vision", "prior", "text_proj", "decoder", "sr256", "sr256_last", "sr1024", "sr1024_last")
 
 
 class Stages:
@@ -40,7 +37,6 @@ class Stages:
         self._deferred: set[str] | None = None  # releases put off by holding()
         self.active: str | None = None  # the stage last asked for (named if it runs out of memory)
         self.channels_last = channels_last_for(self.device, dtype)
-        self.readahead = Readahead(sorted(set(paths.values()), key=lambda p: _load_rank(paths, p)))
 
     def has(self, stage: str) -> bool:
         return stage in self.paths
@@ -66,27 +62,19 @@ class Stages:
         if stage not in self.paths:
             raise UnclipError(f"model '{self.spec.name}' has no {stage} stage")
         self.active = stage
+        if stage not in self._loaded and self.spec.format == "diffusers":
+            path, cfg = self.paths[stage], self.config_paths.get(stage)
+            if stage == "clip" and self.has("clip_vision"):  # text_encoder + image_encoder: one CLIP
+                path, cfg = (path, self.paths["clip_vision"]), (cfg, self.config_paths.get("clip_vision"))
+            self._loaded[stage] = karlo.build_stage(stage, path, cfg, self.device, self.dtype)
         if stage not in self._loaded:
-            files = [self.paths[stage]]
-            if stage == "clip" and self.spec.format == "diffusers" and self.has("clip_vision"):
-                files.append(self.paths["clip_vision"])  # text_encoder + image_encoder: one CLIP
-            self.readahead.loading(files)
-            self._loaded[stage] = self._build(stage, files)
-            self.readahead.loaded(files)
+            kind = KINDS.get(stage, "unet")
+            module, _ = checkpoint.build(self.paths[stage], stage, self.device, self.dtype, expect_kind=kind)
+            self._loaded[stage] = module
         module = self._loaded[stage]
         if self.channels_last and isinstance(module, UNet):
             module.to_channels_last()  # in place; weights already channels_last are left as they are
         return module
-
-    def _build(self, stage: str, files: list[Path]):
-        if self.spec.format == "diffusers":
-            cfg = self.config_paths.get(stage)
-            if len(files) > 1:
-                return karlo.build_stage(stage, tuple(files), (cfg, self.config_paths.get("clip_vision")),
-                                         self.device, self.dtype)
-            return karlo.build_stage(stage, files[0], cfg, self.device, self.dtype)
-        kind = KINDS.get(stage, "unet")
-        return checkpoint.build(files[0], stage, self.device, self.dtype, expect_kind=kind)[0]
 
     def drop(self, *names: str) -> None:
         """Free now, even inside holding() (unless keep_loaded)."""
@@ -137,11 +125,6 @@ class Stages:
 
     def context_length(self) -> int:
         return int(self.get("clip").positional_embedding.shape[0])
-
-
-def _load_rank(paths: dict[str, Path], path: Path) -> int:
-    """Where a file comes in LOAD_ORDER (a file shared by two stages: its first)."""
-    return min(LOAD_ORDER.index(s) if s in LOAD_ORDER else len(LOAD_ORDER) for s, p in paths.items() if p == path)
 
 
 def channels_last_for(device: torch.device, dtype: torch.dtype) -> bool:
