@@ -182,3 +182,28 @@ def save_screenshot(driver, path: Path, width: int = 960) -> None:
     im = Image.open(BytesIO(driver.get_screenshot_as_png())).convert("RGB")
     im = im.resize((width, math.ceil(im.height * width / im.width)), Image.LANCZOS)
     im.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+
+
+def test_the_page_sends_each_verb_only_the_options_it_takes(server, browser):
+    """Every advanced field filled in; the body the page builds for each verb holds exactly the options the server
+    says that verb takes (RePaint's for edit only, the negative prompt's rescale for generate and edit)."""
+    url, _ = server
+    driver = browser
+    driver.get(url + "/")
+    wait_for(driver, "return document.body.dataset.ready === '1'")
+    sent = driver.execute_script("""
+        for (const input of document.querySelectorAll('#advanced-fields [name], #edit-options [name]')) {
+          if (input.name === 'size') continue;
+          input.value = input.tagName === 'SELECT' ? input.options[1].value : (input.placeholder || '1');
+        }
+        const out = {};
+        for (const verb of ['generate', 'edit', 'vary', 'mix'])
+          out[verb] = Object.keys(commonBody(document.getElementById(verb), verb)).sort();
+        return out;""")
+    info = json.loads(driver.execute_script(
+        "const r = new XMLHttpRequest(); r.open('GET', '/api/info', false); r.send(); return r.responseText;"))
+    for verb, keys in sent.items():
+        expected = {o["name"] for o in info["options"] if verb in o["verbs"]} | {"num_images"}
+        assert set(keys) == expected, verb
+    assert "resample" in sent["edit"] and "resample" not in sent["generate"]
+    assert "negative_rescale" in sent["generate"] and "negative_rescale" not in sent["vary"] + sent["mix"]

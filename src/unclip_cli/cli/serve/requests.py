@@ -40,10 +40,15 @@ VERBS = {
 VERB_ONLY = {"edit": ("edit",), "negative": ("generate", "edit")}  # option stages only some verbs take
 
 
+def option_verbs(o: options.OptionInfo) -> list[str]:
+    """The verbs that take a sampling option (the page reads this from /api/info rather than repeating the rule)."""
+    return [v for v in VERBS if v in VERB_ONLY.get(o.stage, (v,))]
+
+
 def sampling_fields(verb: str) -> list[options.OptionInfo]:
     """The sampling options a verb takes, as the CLI offers them (RePaint's only for edit, the negative prompt's
     rescale for generate and edit)."""
-    return [o for o in options.SAMPLING if verb in VERB_ONLY.get(o.stage, (verb,))]
+    return [o for o in options.SAMPLING if verb in option_verbs(o)]
 
 
 def api_words(message: str) -> str:

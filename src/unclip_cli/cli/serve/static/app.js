@@ -57,9 +57,10 @@ function advancedFields(info) {
   for (const s of info.sizes) size.append(el("option", { value: s, text: `${s}×${s}` }));
   box.append(el("label", { text: "Size " }, size));
   for (const o of info.options) {
-    const where = o.stage === "edit" ? $("#edit-options") : box;
+    const editOnly = o.verbs.length === 1 && o.verbs[0] === "edit";
+    const where = editOnly ? $("#edit-options") : box;
     const input = optionInput(o, info.defaults[o.name]);
-    input.dataset.stage = o.stage;
+    input.dataset.verbs = o.verbs.join(" ");  // the server's word on which verbs take it
     where.append(el("label", { title: o.help, text: o.name.replace(/_/g, " ") + " " }, input));
   }
 }
@@ -71,10 +72,9 @@ function commonBody(form, verb) {
   const body = { num_images: Number(form.elements.num_images.value || 1) };
   const seed = numberOrNull(form.elements.seed.value);
   if (seed !== null) body.seed = seed;
-  const adv = $$("#advanced-fields [name]").concat(verb === "edit" ? $$("#edit-options [name]") : []);
-  for (const input of adv) {
+  for (const input of $$("#advanced-fields [name], #edit-options [name]")) {
     if (input.value === "") continue;
-    if (input.dataset.stage === "negative" && verb !== "generate" && verb !== "edit") continue;  // no negative prompt
+    if (input.dataset.verbs !== undefined && !input.dataset.verbs.split(" ").includes(verb)) continue;
     body[input.name] = input.tagName === "SELECT" && input.name !== "size" ? input.value : Number(input.value);
   }
   return body;
