@@ -208,6 +208,12 @@ def test_folder_is_a_model(t2i, i2i):
     assert size == 256 and set(stages.paths) == set(spec.stages)
     with pytest.raises(UnclipError, match="no CLIP image encoder"):  # vary needs karlo-v1-alpha-image-variations
         pipeline.encode_images(stages, [Image.new("RGB", (8, 8))])
+
+    def no_sampling(*a):
+        raise AssertionError("sampling started")
+
+    with pytest.raises(UnclipError, match="--image-candidates needs a CLIP image encoder"):  # said before any work
+        pipeline.generate(stages, ["a"], options.Options(image_candidates=2, size=256), [torch.Generator()], no_sampling)
     vroot, _ = i2i
     vspec = weights.resolve(str(vroot))
     assert set(vspec.stages) == {"clip", "clip_vision", "text_proj", "decoder", "sr256", "sr256_last"}

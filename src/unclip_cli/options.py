@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields, replace
 
 def option(default, help: str, *, stage: str, low=None, high=None, choices: tuple = ()):
     """A sampling option: `stage` says which verbs offer it (vary has no prior; "negative": the verbs with
-    --negative-prompt, generate and edit)."""
+    --negative-prompt, generate and edit; "rerank": generate)."""
     meta = {"help": help, "stage": stage, "low": low, "high": high, "choices": choices}
     return field(default=default, metadata={"option": meta})
 
@@ -25,6 +25,10 @@ class Options:
     prior_candidates: int = option(1, "Prior: sample N image embeddings per image and keep the one closest to "
                                    "the prompt's CLIP text embedding (the DALL-E 2 paper samples 2; N times the "
                                    "prior's work).", stage="prior", low=1, high=64)
+    image_candidates: int = option(1, "Draw N images per image (prior and decoder, at the decoder's size) and keep "
+                                   "the one whose CLIP image embedding is closest to the prompt's text embedding "
+                                   "(DALL-E's reranking; N times the prior's and decoder's work, the upsamplers run "
+                                   "once; needs a CLIP image encoder).", stage="rerank", low=1, high=16)
     prior_guidance: float = option(4.0, "Prior classifier-free guidance scale (1 = none).", stage="prior", low=0.0)
     decoder_guidance: float = option(8.0, "Decoder classifier-free guidance scale (1 = none).", stage="decoder", low=0.0)
     negative_rescale: float = option(1.0, "With --negative-prompt: guidance rescale of the prior and decoder "

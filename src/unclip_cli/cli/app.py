@@ -115,7 +115,7 @@ Negative = Annotated[str, typer.Option("--negative-prompt", help="What to steer 
 
 
 @app.command()
-@with_options("prior", "decoder", "upsampler", "negative")
+@with_options("prior", "decoder", "upsampler", "negative", "rerank")
 def generate(prompt: Annotated[Optional[str], typer.Argument(help="What to draw.")] = None,
              negative_prompt: Negative = "", prompts_file: PromptsFile = None, guidelines: GuidelinesFile = None,
              **kw):
@@ -269,7 +269,7 @@ def train(
 
 
 @app.command("eval")
-@with_options("prior", "decoder", "upsampler", run=False)
+@with_options("prior", "decoder", "upsampler", "rerank", run=False)
 def eval_(
     model: Annotated[Optional[str], typer.Argument(help="Model name (default: the bundled model).")] = None,
     per_prompt: Annotated[int, typer.Option(help="Images per held-out prompt.")] = 32,

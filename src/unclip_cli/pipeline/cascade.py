@@ -102,9 +102,30 @@ def prior_stage(stages: Stages, text: TextEncoding, uncond: TextEncoding, opts: 
 
 def closest_to_text(candidates: torch.Tensor, text_embed: torch.Tensor, n: int) -> torch.Tensor:
     """From [B * n, D] candidates (n per image, in a row) the one per image with the highest cosine to its text."""
-    score = F.cosine_similarity(candidates, text_embed.float(), dim=-1).view(-1, n)
-    best = score.argmax(1) + torch.arange(score.shape[0], device=score.device) * n
-    return candidates[best]
+    return candidates[best_rows(candidates, text_embed, n)]
+
+
+def best_rows(embeds: torch.Tensor, text_embed: torch.Tensor, n: int) -> torch.Tensor:
+    """Row indices, one per image, of the [B * n, D] embeddings (n per image, in a row) with the highest cosine to
+    the text embedding of their image (ties: the first)."""
+    score = F.cosine_similarity(embeds.float(), text_embed.float(), dim=-1).view(-1, n)
+    return score.argmax(1) + torch.arange(score.shape[0], device=score.device) * n
+
+
+def closest_images(stages: Stages, x: torch.Tensor, prompts: list[str], n: int) -> torch.Tensor:
+    """From [B * n, 3, S, S] images in [-1, 1] (n per image, in a row; `prompts` one per row, or one for all) the
+    one per image whose CLIP image embedding is closest to its prompt's text embedding."""
+    from unclip_cli.pipeline.images import to_pil  # the PNGs' own 8-bit rounding, as `unclip eval` scores them
+
+    embeds = encode_images(stages, to_pil(x))
+    text, _ = encode_text(stages, prompts)
+    stages.release("clip")
+    return x[best_rows(embeds, text.embed, n).to(x.device)]
+
+
+def _check_image_tower(stages: Stages) -> None:
+    if not hasattr(stages.get("clip").visual, "image_size"):  # models.clip.AbsentTower: a text-only CLIP
+        raise UnclipError(f"--image-candidates needs a CLIP image encoder; model '{stages.spec.name}' has none")
 
 
 def decoder_stage(
@@ -311,11 +332,23 @@ def _negative_branch(neg_embed, i, opts: Options) -> dict:
 
 def generate(stages: Stages, prompts: list[str], opts: Options, gens, report: Report = _noop, *,
              one_by_one: bool = False, negative: list[str] | None = None):
-    """Images [B, 3, size, size] for prompts (one per generator); `negative`: a negative prompt per prompt."""
-    loop = _looper(stages, gens, one_by_one)
+    """Images [B, 3, size, size] for prompts (one per generator); `negative`: a negative prompt per prompt.
+
+    With opts.image_candidates = n > 1 every image gets n rows through the prior and the decoder, all drawing
+    from its generator in turn, and the row `closest_images` picks goes on to the upsamplers."""
+    n = opts.image_candidates
+    if n > 1:
+        _check_image_tower(stages)
+        widen = lambda xs: xs if xs is None or len(xs) == 1 else [v for v in xs for _ in range(n)]  # noqa: E731
+        prompts, negative, rows = widen(prompts), widen(negative), [g for g in gens for _ in range(n)]
+    else:
+        rows = gens
+    loop = _looper(stages, rows, one_by_one)
     text, uncond, image_embed, neg_embed = _conditions(stages, prompts, negative, opts, loop, report, one_by_one)
     x = loop(lambda i, g: decoder_stage(stages, image_embed[i], text(i), uncond(i), opts, g, report,
                                         **_negative_branch(neg_embed, i, opts)))
+    if n > 1:
+        x, loop = closest_images(stages, x, prompts, n), _looper(stages, gens, one_by_one)
     return upsample_all(stages, x, opts, gens, report, loop=loop)
 
 

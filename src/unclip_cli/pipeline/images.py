@@ -188,7 +188,8 @@ def a1111_text(params: dict) -> str:
         ("Steps", "decoder_steps"), ("Sampler", "sampler"), ("Schedule type", "spacing"), ("CFG scale", "decoder_guidance"),
         ("Seed", "seed"), ("Size", "size"), ("Model", "model"), ("Model hash", "model_hash"),
         ("Prior steps", "prior_steps"), ("Prior CFG scale", "prior_guidance"),
-        ("Prior candidates", "prior_candidates"), ("Negative rescale", "negative_rescale"), ("SR steps", "sr_steps"),
+        ("Prior candidates", "prior_candidates"), ("Image candidates", "image_candidates"),
+        ("Negative rescale", "negative_rescale"), ("SR steps", "sr_steps"),
         ("Mode", "mode"), ("Precision", "dtype"),
     ]
     pairs = [f"{label}: {params[k]}" for label, k in keys if params.get(k) not in (None, "")]

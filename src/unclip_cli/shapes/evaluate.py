@@ -35,6 +35,9 @@ def run_mode(stages, prompts: list[str], per_prompt: int, mode: str, opts, seed:
     for k in range(0, len(jobs), batch):
         chunk = jobs[k:k + batch]
         gens = [torch.Generator().manual_seed(s) for _, s in chunk]
+        if mode == "prior":  # the verb's own path (image candidates included)
+            out += images.to_pil(pipeline.generate(stages, [p for p, _ in chunk], opts, gens, report))
+            continue
         text, _ = pipeline.encode_text(stages, [p for p, _ in chunk])
         uncond, _ = pipeline.encode_text(stages, [""] * len(chunk))
         emb = image_embeds(stages, mode, text, uncond, opts, gens, report)

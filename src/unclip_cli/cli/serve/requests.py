@@ -37,7 +37,7 @@ VERBS = {
 }
 
 
-VERB_ONLY = {"edit": ("edit",), "negative": ("generate", "edit")}  # option stages only some verbs take
+VERB_ONLY = {"edit": ("edit",), "negative": ("generate", "edit"), "rerank": ("generate",)}  # stages only some verbs take
 
 
 def option_verbs(o: options.OptionInfo) -> list[str]:
@@ -47,7 +47,7 @@ def option_verbs(o: options.OptionInfo) -> list[str]:
 
 def sampling_fields(verb: str) -> list[options.OptionInfo]:
     """The sampling options a verb takes, as the CLI offers them (RePaint's only for edit, the negative prompt's
-    rescale for generate and edit)."""
+    rescale for generate and edit, image candidates for generate)."""
     return [o for o in options.SAMPLING if verb in option_verbs(o)]
 
 

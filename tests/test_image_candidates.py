@@ -1,0 +1,97 @@
+"""--image-candidates N (generate, eval): each image is drawn N times through the prior and the decoder, all from
+its own generator, and the draw whose CLIP image embedding is closest to the prompt's text embedding goes on to the
+upsamplers (DALL-E's reranking), on the tiny random model (fixture `home`)."""
+
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from unclip_cli.options import Options
+from unclip_cli.pipeline import cascade, images, stages as stages_mod
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_cli import FAST, invoke, run_ok  # noqa: E402
+from test_eval_cmd import app, runner  # noqa: E402
+from test_toolkit import SMALL, fails  # noqa: E402
+
+PROMPTS = ["a red circle", "a blue square"]
+
+
+def test_best_rows_picks_each_images_closest_row():
+    text = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    embeds = torch.tensor([[0.0, 1.0], [3.0, 0.2],  # image 0: the second row points along its text
+                           [1.0, 1.0], [1.0, 0.9]])  # image 1: the first
+    assert cascade.best_rows(embeds, text, 2).tolist() == [1, 2]
+
+
+def _open():
+    stages = stages_mod.open_model(None, torch.device("cpu"), torch.float32, 64)[0]
+    return stages, Options(prior_steps=2, decoder_steps=2, prior_guidance=2.0, decoder_guidance=2.0,
+                           size=stages.decoder_size())
+
+
+def gens(*seeds):
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+def test_the_kept_image_is_the_closest_of_its_own_draws(home):
+    stages, opts = _open()
+    best = cascade.generate(stages, PROMPTS, replace(opts, image_candidates=3), gens(5, 6))
+    plain = cascade.generate(stages, PROMPTS, opts, gens(5, 6))
+    assert best.shape == plain.shape and not torch.equal(best, plain)
+    for i, seed in enumerate((5, 6)):  # image i's three draws: its generator used by three rows in turn
+        g = torch.Generator().manual_seed(seed)
+        draws = cascade.generate(stages, [PROMPTS[i]] * 3, opts, [g, g, g])
+        embeds = cascade.encode_images(stages, images.to_pil(draws))
+        text, _ = cascade.encode_text(stages, [PROMPTS[i]])
+        cos = F.cosine_similarity(embeds.float(), text.embed.float()).tolist()
+        assert len(set(cos)) == 3  # three different images
+        k = max(range(3), key=cos.__getitem__)  # (a batch of 6 rows rounds differently from one of 3)
+        assert [torch.allclose(best[i], d, atol=1e-4) for d in draws] == [j == k for j in range(3)]
+
+
+def test_one_by_one_each_image_equals_its_run_alone(home):
+    stages, opts = _open()
+    opts = replace(opts, image_candidates=2, size=64)  # through the upsampler too
+    both = cascade.generate(stages, PROMPTS, opts, gens(1, 2), one_by_one=True)
+    for i, seed in enumerate((1, 2)):
+        alone = cascade.generate(stages, [PROMPTS[i]], opts, gens(seed), one_by_one=True)
+        assert torch.equal(both[i:i + 1], alone)
+
+
+def test_seed_reproduces_and_is_recorded(home, tmp_path):
+    args = ["generate", "a red circle", "-n", 2, *SMALL, *FAST, "--seed", 9, "--image-candidates", 2]
+    a = run_ok(*args, "--outdir", tmp_path / "a")
+    b = run_ok(*args, "--outdir", tmp_path / "b")
+    plain = run_ok(*args[:-2], "--outdir", tmp_path / "c")
+    for x, y, z in zip(a["images"], b["images"], plain["images"]):
+        px, py, pz = (images.load_image(p["path"]) for p in (x, y, z))
+        assert px.tobytes() == py.tobytes() and px.tobytes() != pz.tobytes()
+    params, text = images.read_params(a["images"][0]["path"])
+    assert params["image_candidates"] == 2 and "Image candidates: 2" in text
+    assert "image_candidates" not in images.read_params(plain["images"][0]["path"])[0]
+
+
+def test_bad_image_candidates_is_one_line_and_only_generate_and_eval_offer_it(home, tmp_path):
+    for bad in (0, 17):
+        fails("generate", "a red circle", *SMALL, *FAST, "--image-candidates", bad, match="--image-candidates",
+              outdir=tmp_path / "o")
+    for verb in ("generate", "eval"):
+        assert "--image-candidates" in invoke(verb, "--help").stdout
+    for verb in ("vary", "edit", "mix"):
+        assert "--image-candidates" not in invoke(verb, "--help").stdout
+
+
+def test_eval_takes_image_candidates(home, tmp_path):
+    f = tmp_path / "prompts.txt"
+    f.write_text("a red circle\n")
+    out = tmp_path / "eval.json"
+    r = runner.invoke(app, ["eval", "--per-prompt", "2", "--prior-steps", "2", "--decoder-steps", "2",
+                            "--image-candidates", "2", "--prompts", str(f), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    res = json.loads(out.read_text())
+    assert res["options"]["image_candidates"] == 2 and res["modes"]["prior"]["images"] == 2
