@@ -38,20 +38,22 @@ def gens(*seeds):
     return [torch.Generator().manual_seed(s) for s in seeds]
 
 
-def test_the_kept_image_is_the_closest_of_its_own_draws(home):
+def test_the_kept_image_is_the_closest_of_its_own_draws(home, monkeypatch):
     stages, opts = _open()
+    seen = []
+    pick = cascade.closest_images
+    monkeypatch.setattr(cascade, "closest_images", lambda st, x, p, n: seen.append((x, p, n)) or pick(st, x, p, n))
     best = cascade.generate(stages, PROMPTS, replace(opts, image_candidates=3), gens(5, 6))
     plain = cascade.generate(stages, PROMPTS, opts, gens(5, 6))
     assert best.shape == plain.shape and not torch.equal(best, plain)
-    for i, seed in enumerate((5, 6)):  # image i's three draws: its generator used by three rows in turn
-        g = torch.Generator().manual_seed(seed)
-        draws = cascade.generate(stages, [PROMPTS[i]] * 3, opts, [g, g, g])
-        embeds = cascade.encode_images(stages, images.to_pil(draws))
-        text, _ = cascade.encode_text(stages, [PROMPTS[i]])
-        cos = F.cosine_similarity(embeds.float(), text.embed.float()).tolist()
-        assert len(set(cos)) == 3  # three different images
-        k = max(range(3), key=cos.__getitem__)  # (a batch of 6 rows rounds differently from one of 3)
-        assert [torch.allclose(best[i], d, atol=1e-4) for d in draws] == [j == k for j in range(3)]
+    (draws, prompts, n), = seen
+    assert draws.shape[0] == 6 and n == 3 and prompts == [PROMPTS[0]] * 3 + [PROMPTS[1]] * 3
+    embeds = cascade.encode_images(stages, images.to_pil(draws))
+    text, _ = cascade.encode_text(stages, prompts)
+    cos = F.cosine_similarity(embeds.float(), text.embed.float()).view(2, 3)
+    for i in range(2):  # image i's three draws (rows 3i..3i+2): all different, the closest kept
+        assert len(set(cos[i].tolist())) == 3
+        assert torch.equal(best[i], draws[3 * i + int(cos[i].argmax())])
 
 
 def test_one_by_one_each_image_equals_its_run_alone(home):
@@ -95,3 +97,13 @@ def test_eval_takes_image_candidates(home, tmp_path):
     assert r.exit_code == 0, r.output
     res = json.loads(out.read_text())
     assert res["options"]["image_candidates"] == 2 and res["modes"]["prior"]["images"] == 2
+
+
+def test_with_prior_candidates_and_a_negative_prompt(home, tmp_path):
+    """Image candidates over prior candidates and a negative prompt: each image still its own seed's."""
+    common = [*SMALL, *FAST, "--image-candidates", 2, "--prior-candidates", 2, "--negative-prompt", "blue"]
+    run = run_ok("generate", "a red circle", "-n", 2, "--seed", 3, *common, "--outdir", tmp_path / "a")
+    alone = run_ok("generate", "a red circle", "-n", 1, "--seed", 4, *common, "--outdir", tmp_path / "b")
+    second, own = (images.load_image(r["images"][k]["path"]) for r, k in ((run, 1), (alone, 0)))
+    assert second.tobytes() == own.tobytes()  # the run's second image (seed 4) is seed 4's run alone
+    assert images.read_params(run["images"][0]["path"])[0]["image_candidates"] == 2

@@ -237,19 +237,19 @@ def _keep_known(schedule, known, gens):
     return post
 
 
-def _looper(stages: Stages, gens, one_by_one: bool):
+def _looper(stages: Stages, gens, one_by_one: bool, rows: int = 1):
     """How a verb runs each stage: loop(f) with f(i, gens_i) -> output rows i.
 
-    Batched: one call over the whole batch (i = every row). One by one: a call per generator, as a
-    batch of one (so image k is bit-identical to a run with generator k alone: batched kernels round
-    differently), all inside one load of the stage.
+    Batched: one call over the whole batch (i = every row). One by one: a call per image, as a batch of
+    `rows` (1, or an image's candidates, which share its generator), so image k is bit-identical to a run
+    with generator k alone (batched kernels round differently), all inside one load of the stage.
     """
     if not one_by_one:
         return lambda f: f(slice(None), gens)
 
     def loop(f):
         with stages.holding():
-            return torch.cat([f(slice(k, k + 1), [g]) for k, g in enumerate(gens)])
+            return torch.cat([f(slice(k, k + rows), gens[k:k + rows]) for k in range(0, len(gens), rows)])
 
     return loop
 
@@ -280,7 +280,12 @@ def _text_rows(stages: Stages, prompts: list[str], one_by_one: bool, negative: l
         uncond, _ = encode_text(stages, negative)
         return (lambda i: text), (lambda i: uncond)
     encodings = {p: encode_text(stages, [p])[0] for p in dict.fromkeys([*prompts, *negative])}
-    return (lambda i: encodings[prompts[i.start]]), (lambda i: encodings[negative[i.start]])
+
+    def rows(of: list[str], i: slice) -> TextEncoding:  # one row per row of i (an image's candidates share a prompt)
+        enc = encodings[of[i.start]]
+        return enc if i.stop - i.start == 1 else enc.repeat_rows(i.stop - i.start)
+
+    return (lambda i: rows(prompts, i)), (lambda i: rows(negative, i))
 
 
 # Verbs ------------------------------------------------------------------------------------
@@ -339,11 +344,11 @@ def generate(stages: Stages, prompts: list[str], opts: Options, gens, report: Re
     n = opts.image_candidates
     if n > 1:
         _check_image_tower(stages)
-        widen = lambda xs: xs if xs is None or len(xs) == 1 else [v for v in xs for _ in range(n)]  # noqa: E731
+        widen = lambda xs: xs and [v for v in (xs * len(gens) if len(xs) == 1 else xs) for _ in range(n)]  # noqa: E731
         prompts, negative, rows = widen(prompts), widen(negative), [g for g in gens for _ in range(n)]
     else:
         rows = gens
-    loop = _looper(stages, rows, one_by_one)
+    loop = _looper(stages, rows, one_by_one, n)  # an image's candidates in one batch (they share its generator)
     text, uncond, image_embed, neg_embed = _conditions(stages, prompts, negative, opts, loop, report, one_by_one)
     x = loop(lambda i, g: decoder_stage(stages, image_embed[i], text(i), uncond(i), opts, g, report,
                                         **_negative_branch(neg_embed, i, opts)))
