@@ -28,8 +28,8 @@ def test_best_rows_picks_each_images_closest_row():
     assert cascade.best_rows(embeds, text, 2).tolist() == [1, 2]
 
 
-def _open():
-    stages = stages_mod.open_model(None, torch.device("cpu"), torch.float32, 64)[0]
+def _open(size: int = 64):
+    stages = stages_mod.open_model(None, torch.device("cpu"), torch.float32, size)[0]
     return stages, Options(prior_steps=2, decoder_steps=2, prior_guidance=2.0, decoder_guidance=2.0,
                            size=stages.decoder_size())
 
@@ -57,8 +57,8 @@ def test_the_kept_image_is_the_closest_of_its_own_draws(home, monkeypatch):
 
 
 def test_one_by_one_each_image_equals_its_run_alone(home):
-    stages, opts = _open()
-    opts = replace(opts, image_candidates=2, size=64)  # through the upsampler too
+    stages, opts = _open(256)
+    opts = replace(opts, image_candidates=2, size=256)  # through the upsampler too
     both = cascade.generate(stages, PROMPTS, opts, gens(1, 2), one_by_one=True)
     for i, seed in enumerate((1, 2)):
         alone = cascade.generate(stages, [PROMPTS[i]], opts, gens(seed), one_by_one=True)
@@ -75,7 +75,7 @@ def test_seed_reproduces_and_is_recorded(home, tmp_path):
         assert px.tobytes() == py.tobytes() and px.tobytes() != pz.tobytes()
     params, text = images.read_params(a["images"][0]["path"])
     assert params["image_candidates"] == 2 and "Image candidates: 2" in text
-    assert "image_candidates" not in images.read_params(plain["images"][0]["path"])[0]
+    assert images.read_params(plain["images"][0]["path"])[0]["image_candidates"] == 1  # recorded, 1 or not
 
 
 def test_bad_image_candidates_is_one_line_and_only_generate_and_eval_offer_it(home, tmp_path):
@@ -88,7 +88,10 @@ def test_bad_image_candidates_is_one_line_and_only_generate_and_eval_offer_it(ho
         assert "--image-candidates" not in invoke(verb, "--help").stdout
 
 
-def test_eval_takes_image_candidates(home, tmp_path):
+def test_eval_takes_image_candidates(home, tmp_path, monkeypatch):
+    ranked = []
+    pick = cascade.closest_images
+    monkeypatch.setattr(cascade, "closest_images", lambda st, x, p, n: ranked.append(x.shape[0]) or pick(st, x, p, n))
     f = tmp_path / "prompts.txt"
     f.write_text("a red circle\n")
     out = tmp_path / "eval.json"
@@ -97,6 +100,7 @@ def test_eval_takes_image_candidates(home, tmp_path):
     assert r.exit_code == 0, r.output
     res = json.loads(out.read_text())
     assert res["options"]["image_candidates"] == 2 and res["modes"]["prior"]["images"] == 2
+    assert ranked == [4]  # the two images' two draws each, ranked
 
 
 def test_with_prior_candidates_and_a_negative_prompt(home, tmp_path):

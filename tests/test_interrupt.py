@@ -279,7 +279,7 @@ def test_out_of_memory_names_the_stage_and_the_fixes(home, tmp_path, monkeypatch
     line = r.stderr.strip()
     assert "\n" not in line and "Traceback" not in line
     assert line.startswith(f"error: out of memory in the {stage} stage (cpu): try --dtype bf16, a smaller --size, "
-                           "or another --device"), line
+                           "a smaller --image-candidates, or another --device"), line
     assert list((tmp_path / "out").iterdir()) == []
 
 

@@ -117,6 +117,7 @@ def test_page_static_files_and_info(client):
     assert {o["name"] for o in info["options"]} >= {"prior_steps", "decoder_guidance", "sampler", "resample"}
     verbs = {o["name"]: o["verbs"] for o in info["options"]}  # the page takes which verbs take what from here
     assert verbs["resample"] == ["edit"] and verbs["negative_rescale"] == ["generate", "edit"]
+    assert verbs["image_candidates"] == ["generate"]
     assert verbs["decoder_steps"] == ["generate", "edit", "vary", "mix"]
     for verb in requests.VERBS:
         assert {n for n, vs in verbs.items() if verb in vs} == {o.name for o in requests.sampling_fields(verb)}

@@ -51,7 +51,8 @@ def is_out_of_memory(e: BaseException) -> bool:
 def out_of_memory(stage: str | None, device) -> UnclipError:
     where = f"the {stage} stage" if stage else "a stage"
     return UnclipError(f"out of memory in {where} ({device}): try --dtype bf16, a smaller --size, "
-                       "or another --device (each image is already sampled alone: --batch-size does not lower the peak)")
+                       "a smaller --image-candidates, or another --device (each image is already sampled alone: --batch-size "
+                       "does not lower the peak)")
 
 
 class Written:

@@ -386,7 +386,7 @@ def _params(mode: str, prompt: str, seed: int, im, stages, opts, hashes: dict, e
         "prior_steps": opts.prior_steps if prior else None,
         "prior_guidance": opts.prior_guidance if prior else None,
         "prior_candidates": opts.prior_candidates if prior and opts.prior_candidates > 1 else None,
-        "image_candidates": opts.image_candidates if mode == "generate" and opts.image_candidates > 1 else None,
+        "image_candidates": opts.image_candidates if mode == "generate" else None,  # always: models' defaults differ
         "negative_rescale": opts.negative_rescale if (extra or {}).get("negative_prompt") else None,
         "decoder_steps": opts.decoder_steps,
         "decoder_guidance": opts.decoder_guidance, "sr_steps": opts.sr_steps if opts.size >= 256 else None,

@@ -340,7 +340,8 @@ def generate(stages: Stages, prompts: list[str], opts: Options, gens, report: Re
     """Images [B, 3, size, size] for prompts (one per generator); `negative`: a negative prompt per prompt.
 
     With opts.image_candidates = n > 1 every image gets n rows through the prior and the decoder, all drawing
-    from its generator in turn, and the row `closest_images` picks goes on to the upsamplers."""
+    from its generator in turn (a negative prompt's own prior embedding, drawn from a copy of the generator, is
+    the same for all n), and the row `closest_images` picks goes on to the upsamplers."""
     n = opts.image_candidates
     if n > 1:
         _check_image_tower(stages)
@@ -352,8 +353,9 @@ def generate(stages: Stages, prompts: list[str], opts: Options, gens, report: Re
     text, uncond, image_embed, neg_embed = _conditions(stages, prompts, negative, opts, loop, report, one_by_one)
     x = loop(lambda i, g: decoder_stage(stages, image_embed[i], text(i), uncond(i), opts, g, report,
                                         **_negative_branch(neg_embed, i, opts)))
-    if n > 1:
-        x, loop = closest_images(stages, x, prompts, n), _looper(stages, gens, one_by_one)
+    if n > 1:  # one by one, each image's draws are ranked in a call of their own (its pick never depends on the run)
+        x = loop(lambda i, g: closest_images(stages, x[i], prompts[i] if len(prompts) > 1 else prompts, n))
+        loop = _looper(stages, gens, one_by_one)
     return upsample_all(stages, x, opts, gens, report, loop=loop)
 
 
