@@ -61,17 +61,23 @@ def test_candidates_batched_equal_one_by_one(home):
         assert torch.allclose(both[i:i + 1], alone, atol=1e-5)
 
 
-def test_candidates_seed_reproduces_and_is_recorded(home, tmp_path):
-    args = ["generate", "a red circle", "-n", 2, *SMALL, *FAST, "--seed", 9, "--prior-candidates", 2]
+def reproduced_and_recorded(tmp_path, flag: str) -> tuple[dict, str, dict]:
+    """`generate -n 2 FLAG 2` twice gives the same pixels, and other pixels than without FLAG; returns the first
+    image's (params, A1111 text) and the plain run's params."""
+    args = ["generate", "a red circle", "-n", 2, *SMALL, *FAST, "--seed", 9, flag, 2]
     a = run_ok(*args, "--outdir", tmp_path / "a")
     b = run_ok(*args, "--outdir", tmp_path / "b")
     plain = run_ok(*args[:-2], "--outdir", tmp_path / "c")
     for x, y, z in zip(a["images"], b["images"], plain["images"]):
         px, py, pz = (images.load_image(p["path"]) for p in (x, y, z))
         assert px.tobytes() == py.tobytes() and px.tobytes() != pz.tobytes()
-    params, text = images.read_params(a["images"][0]["path"])
+    return (*images.read_params(a["images"][0]["path"]), images.read_params(plain["images"][0]["path"])[0])
+
+
+def test_candidates_seed_reproduces_and_is_recorded(home, tmp_path):
+    params, text, plain = reproduced_and_recorded(tmp_path, "--prior-candidates")
     assert params["prior_candidates"] == 2 and "Prior candidates: 2" in text
-    assert "prior_candidates" not in images.read_params(plain["images"][0]["path"])[0]
+    assert "prior_candidates" not in plain
 
 
 def test_bad_prior_candidates_is_one_line(home, tmp_path):

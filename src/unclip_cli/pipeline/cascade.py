@@ -40,9 +40,13 @@ def encode_text(stages: Stages, prompts: list[str]) -> tuple[TextEncoding, list[
         return clip.encode_text(model, ids, mask), dropped
 
 
+def _has_image_tower(stages: Stages) -> bool:
+    return hasattr(stages.get("clip").visual, "image_size")  # not models.clip.AbsentTower: a text-only CLIP
+
+
 def encode_images(stages: Stages, images) -> torch.Tensor:
     model = stages.get("clip")
-    if not hasattr(model.visual, "image_size"):  # models.clip.AbsentTower: a text-only CLIP
+    if not _has_image_tower(stages):
         raise UnclipError(f"model '{stages.spec.name}' has no CLIP image encoder; this needs one")
     size = clip.image_size(model)
     pixels = torch.stack([clip.preprocess(im, size) for im in images])
@@ -112,20 +116,14 @@ def best_rows(embeds: torch.Tensor, text_embed: torch.Tensor, n: int) -> torch.T
     return score.argmax(1) + torch.arange(score.shape[0], device=score.device) * n
 
 
-def closest_images(stages: Stages, x: torch.Tensor, prompts: list[str], n: int) -> torch.Tensor:
-    """From [B * n, 3, S, S] images in [-1, 1] (n per image, in a row; `prompts` one per row, or one for all) the
-    one per image whose CLIP image embedding is closest to its prompt's text embedding."""
+def closest_images(stages: Stages, x: torch.Tensor, text_embed: torch.Tensor, n: int) -> torch.Tensor:
+    """From [B * n, 3, S, S] images in [-1, 1] (n per image, in a row; `text_embed` their prompts' CLIP text
+    embeddings, a row each) the one per image whose CLIP image embedding is closest to its prompt's."""
     from unclip_cli.pipeline.images import to_pil  # the PNGs' own 8-bit rounding, as `unclip eval` scores them
 
     embeds = encode_images(stages, to_pil(x))
-    text, _ = encode_text(stages, prompts)
     stages.release("clip")
-    return x[best_rows(embeds, text.embed, n).to(x.device)]
-
-
-def _check_image_tower(stages: Stages) -> None:
-    if not hasattr(stages.get("clip").visual, "image_size"):  # models.clip.AbsentTower: a text-only CLIP
-        raise UnclipError(f"--image-candidates needs a CLIP image encoder; model '{stages.spec.name}' has none")
+    return x[best_rows(embeds, text_embed, n).to(x.device)]
 
 
 def decoder_stage(
@@ -330,6 +328,11 @@ def _conditions(stages: Stages, prompts: list[str], negative: list[str] | None, 
     return text, uncond, pos_neg[:, 0], pos_neg[:, 1]
 
 
+def _each_row(texts: list[str], images: int, n: int) -> list[str]:
+    """A text for each of n rows per image (`texts`: one per image, or one for all)."""
+    return [t for t in (texts * images if len(texts) == 1 else texts) for _ in range(n)]
+
+
 def _negative_branch(neg_embed, i, opts: Options) -> dict:
     """decoder_stage's keywords for rows i: the negative's image embedding, rescaled guidance (none: {})."""
     return {} if neg_embed is None else {"uncond_embed": neg_embed[i], "rescale": opts.negative_rescale}
@@ -344,17 +347,16 @@ def generate(stages: Stages, prompts: list[str], opts: Options, gens, report: Re
     the same for all n), and the row `closest_images` picks goes on to the upsamplers."""
     n = opts.image_candidates
     if n > 1:
-        _check_image_tower(stages)
-        widen = lambda xs: xs and [v for v in (xs * len(gens) if len(xs) == 1 else xs) for _ in range(n)]  # noqa: E731
-        prompts, negative, rows = widen(prompts), widen(negative), [g for g in gens for _ in range(n)]
-    else:
-        rows = gens
+        if not _has_image_tower(stages):
+            raise UnclipError(f"--image-candidates needs a CLIP image encoder; model '{stages.spec.name}' has none")
+        prompts, negative = _each_row(prompts, len(gens), n), negative and _each_row(negative, len(gens), n)
+    rows = [g for g in gens for _ in range(n)]
     loop = _looper(stages, rows, one_by_one, n)  # an image's candidates in one batch (they share its generator)
     text, uncond, image_embed, neg_embed = _conditions(stages, prompts, negative, opts, loop, report, one_by_one)
     x = loop(lambda i, g: decoder_stage(stages, image_embed[i], text(i), uncond(i), opts, g, report,
                                         **_negative_branch(neg_embed, i, opts)))
     if n > 1:  # one by one, each image's draws are ranked in a call of their own (its pick never depends on the run)
-        x = loop(lambda i, g: closest_images(stages, x[i], prompts[i] if len(prompts) > 1 else prompts, n))
+        x = loop(lambda i, g: closest_images(stages, x[i], text(i).embed, n))
         loop = _looper(stages, gens, one_by_one)
     return upsample_all(stages, x, opts, gens, report, loop=loop)
 
