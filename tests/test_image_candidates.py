@@ -18,6 +18,7 @@ from test_cli import FAST, invoke, run_ok  # noqa: E402
 from test_eval_cmd import app, runner  # noqa: E402
 from test_prior_candidates import reproduced_and_recorded  # noqa: E402
 from test_toolkit import SMALL, fails  # noqa: E402
+from hubserver import fake_hub  # noqa: E402,F401  (fixture import)
 
 PROMPTS = ["a red circle", "a blue square"]
 
@@ -105,3 +106,30 @@ def test_with_prior_candidates_and_a_negative_prompt(home, tmp_path):
     second, own = (images.load_image(r["images"][k]["path"]) for r, k in ((run, 1), (alone, 0)))
     assert second.tobytes() == own.tobytes()  # the run's second image (seed 4) is seed 4's run alone
     assert images.read_params(run["images"][0]["path"])[0]["image_candidates"] == 2
+
+
+def test_a_model_without_an_image_encoder_is_refused_before_any_download(fake_hub, tmp_path, monkeypatch):
+    """Karlo's layout (diffusers, no clip_vision): --image-candidates, vary and an image side of a mix need CLIP's
+    image tower, and the refusal comes from the spec, before a byte of its files is asked for."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("UNCLIP_HOME", str(home))
+    files = {"clip": "text_encoder/model.safetensors", "prior": "prior/diffusion_pytorch_model.safetensors",
+             "text_proj": "text_proj/diffusion_pytorch_model.safetensors",
+             "decoder": "decoder/diffusion_pytorch_model.safetensors"}
+    lines = ["[models.textonly]", 'description = "text-only CLIP"', 'format = "diffusers"', "", "[models.textonly.stages]"]
+    lines += [f'{s} = {{ repo = "someone/textonly", revision = "{"1" * 40}", filename = "{f}" }}' for s, f in files.items()]
+    (home / "weights.toml").write_text("\n".join(lines) + "\n")
+    picture = tmp_path / "in.png"
+    images.to_pil(torch.zeros(1, 3, 8, 8))[0].save(picture)
+    out = tmp_path / "out"
+    has_none = "needs a CLIP image encoder; model 'textonly' has none"
+    fails("generate", "a red circle", "--model", "textonly", "--image-candidates", "2", match=f"--image-candidates {has_none}",
+          outdir=out)
+    fails("vary", picture, "--model", "textonly", match=f"vary {has_none}", outdir=out)
+    fails("mix", picture, "a red circle", "--model", "textonly", match=f"a mix side that is an image {has_none}",
+          outdir=out)
+    assert fake_hub.requests == []
+    # the same model with one candidate asks the hub for its files (and fails there: the fake hub has none)
+    r = invoke("generate", "a red circle", "--model", "textonly", "--outdir", out)
+    assert r.exit_code == 1 and has_none not in r.stderr and fake_hub.requests

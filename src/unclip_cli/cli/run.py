@@ -22,7 +22,7 @@ from unclip_cli.errors import UnclipError
 from unclip_cli import options
 from unclip_cli.diffusion import repaint
 from unclip_cli.pipeline import cascade, edit_region, images, stages as stages_mod, toolkit
-from unclip_cli.weights import vocabulary
+from unclip_cli.weights import registry, vocabulary
 
 err = Console(stderr=True)
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
@@ -175,13 +175,24 @@ def quiet() -> bool:
     return bool(os.environ.get("UNCLIP_QUIET"))
 
 
-def prepare(args: RunArgs, prompts: int = 1):
+def check_image_encoder(spec, args: RunArgs, needs: str | None, reranks: bool) -> None:
+    """Refuse, before any download, what needs a CLIP image tower on a model without one: `needs` names what
+    needs it; `reranks`: the run ranks its draws by CLIP when it asks for (or its model defaults to) >1 candidate."""
+    if reranks and (args.sampling.get("image_candidates") or spec.defaults.get("image_candidates", 1)) > 1:
+        needs = needs or "--image-candidates"
+    if needs and not spec.has_image_encoder:
+        hint = " (Karlo's image variations are --model karlo-variations)" if spec.format == "diffusers" else ""
+        raise UnclipError(f"{needs} needs a CLIP image encoder; model '{spec.name}' has none{hint}")
+
+
+def prepare(args: RunArgs, prompts: int = 1, *, needs_image_encoder: str | None = None, reranks: bool = False):
     """Everything that can fail on bad input, before any sampling: returns (stages, opts, seeds), with
     `num_images` seeds per prompt: prompt k's images use seeds seed + k*n ... seed + k*n + n-1."""
     validate(args, prompts)
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
     images.check_outdir(args.outdir)
+    check_image_encoder(registry.resolve(args.model), args, needs_image_encoder, reranks)
     stages, size = stages_mod.open_model(args.model, device, dtype, args.size, keep_loaded=False)
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     seeds = [seed + i for i in range(args.num_images * prompts)]
@@ -278,7 +289,7 @@ def _negative(stages, negative: str) -> tuple[list[str] | None, dict]:
 
 def generate(prompt: str | None, args: RunArgs, negative: str = "") -> list[Path]:
     plan = plan_prompts(prompt, args)
-    stages, opts, seeds = prepare(args, plan.count())
+    stages, opts, seeds = prepare(args, plan.count(), reranks=True)
     for p in plan.prompts:
         warn_prompt(stages, p.text)
     neg, record = _negative(stages, negative)
@@ -293,7 +304,7 @@ def generate(prompt: str | None, args: RunArgs, negative: str = "") -> list[Path
 
 def vary(image_path: Path, args: RunArgs, steer: toolkit.Steer = toolkit.Steer()) -> list[Path]:
     image = images.load_image(image_path)
-    stages, opts, seeds = prepare(args)
+    stages, opts, seeds = prepare(args, needs_image_encoder="vary")
     if steer.prompt:
         warn_prompt(stages, steer.prompt)
     if steer.prompt and steer.prompt_mix > 0 and not stages.has("prior"):

@@ -40,3 +40,9 @@ class ModelSpec:
     # diffusers layout: each stage's spec from its scheduler config (unclip checkpoints carry their own)
     diffusion: dict[str, DiffusionSpec] = field(default_factory=dict)
 
+    @property
+    def has_image_encoder(self) -> bool:
+        """Whether its CLIP has an image tower: our own files carry one, a diffusers-layout model only with
+        clip_vision (Karlo's text_encoder is text-only). Known before any file is fetched."""
+        return self.format != "diffusers" or "clip_vision" in self.stages
+
