@@ -108,28 +108,42 @@ def test_with_prior_candidates_and_a_negative_prompt(home, tmp_path):
     assert images.read_params(run["images"][0]["path"])[0]["image_candidates"] == 2
 
 
-def test_a_model_without_an_image_encoder_is_refused_before_any_download(fake_hub, tmp_path, monkeypatch):
-    """Karlo's layout (diffusers, no clip_vision): --image-candidates, vary and an image side of a mix need CLIP's
-    image tower, and the refusal comes from the spec, before a byte of its files is asked for."""
+def test_what_a_model_lacks_is_refused_before_any_download(fake_hub, tmp_path, monkeypatch):
+    """Karlo's layout (diffusers, no clip_vision) has no CLIP image tower: --image-candidates, vary and a mix's
+    image side need one. An image-variations layout has no prior: generate, edit, a mix's text side and
+    --prompt-mix need one. Each is refused from the model's entry, before a byte of its files is asked for."""
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("UNCLIP_HOME", str(home))
-    files = {"clip": "text_encoder/model.safetensors", "prior": "prior/diffusion_pytorch_model.safetensors",
+    files = {"clip": "text_encoder/model.safetensors", "clip_vision": "image_encoder/model.safetensors",
+             "prior": "prior/diffusion_pytorch_model.safetensors",
              "text_proj": "text_proj/diffusion_pytorch_model.safetensors",
              "decoder": "decoder/diffusion_pytorch_model.safetensors"}
-    lines = ["[models.textonly]", 'description = "text-only CLIP"', 'format = "diffusers"', "", "[models.textonly.stages]"]
-    lines += [f'{s} = {{ repo = "someone/textonly", revision = "{"1" * 40}", filename = "{f}" }}' for s, f in files.items()]
+    lines = []
+    for name, left_out in (("textonly", "clip_vision"), ("imageonly", "prior")):
+        lines += [f"[models.{name}]", 'description = "a test layout"', 'format = "diffusers"', "", f"[models.{name}.stages]"]
+        lines += [f'{s} = {{ repo = "someone/{name}", revision = "{"1" * 40}", filename = "{f}" }}'
+                  for s, f in files.items() if s != left_out]
     (home / "weights.toml").write_text("\n".join(lines) + "\n")
-    picture = tmp_path / "in.png"
+    picture, mask = tmp_path / "in.png", tmp_path / "mask.png"
     images.to_pil(torch.zeros(1, 3, 8, 8))[0].save(picture)
+    images.to_pil(torch.ones(1, 3, 8, 8))[0].save(mask)
     out = tmp_path / "out"
-    has_none = "needs a CLIP image encoder; model 'textonly' has none"
-    fails("generate", "a red circle", "--model", "textonly", "--image-candidates", "2", match=f"--image-candidates {has_none}",
+    no_tower = "needs a CLIP image encoder; model 'textonly' has none"
+    fails("generate", "a red circle", "--model", "textonly", "--image-candidates", "2",
+          match=f"--image-candidates {no_tower}", outdir=out)
+    fails("vary", picture, "--model", "textonly", match=f"vary {no_tower}", outdir=out)
+    fails("mix", picture, "a red circle", "--model", "textonly", match=f"a mix side that is an image {no_tower}",
           outdir=out)
-    fails("vary", picture, "--model", "textonly", match=f"vary {has_none}", outdir=out)
-    fails("mix", picture, "a red circle", "--model", "textonly", match=f"a mix side that is an image {has_none}",
+    no_prior = "needs a prior; model 'imageonly' has none"
+    fails("generate", "a red circle", "--model", "imageonly", match=f"generate {no_prior}", outdir=out)
+    fails("edit", picture, "--mask", mask, "a red circle", "--model", "imageonly", match=f"edit {no_prior}", outdir=out)
+    fails("mix", picture, "a red circle", "--model", "imageonly", match=f"a mix side that is a text {no_prior}",
           outdir=out)
+    fails("vary", picture, "--prompt", "a red circle", "--prompt-mix", "0.5", "--model", "imageonly",
+          match=f"--prompt-mix {no_prior}", outdir=out)
     assert fake_hub.requests == []
-    # the same model with one candidate asks the hub for its files (and fails there: the fake hub has none)
-    r = invoke("generate", "a red circle", "--model", "textonly", "--outdir", out)
-    assert r.exit_code == 1 and has_none not in r.stderr and fake_hub.requests
+    # what the models have asks the hub for their files (and fails there: the fake hub has none)
+    for args in (("generate", "a red circle", "--model", "textonly"), ("vary", picture, "--model", "imageonly")):
+        r = invoke(*args, "--outdir", out)
+        assert r.exit_code == 1 and "needs a" not in r.stderr and fake_hub.requests, r.stderr

@@ -175,24 +175,30 @@ def quiet() -> bool:
     return bool(os.environ.get("UNCLIP_QUIET"))
 
 
-def check_image_encoder(spec, args: RunArgs, needs: str | None, reranks: bool) -> None:
-    """Refuse, before any download, what needs a CLIP image tower on a model without one: `needs` names what
-    needs it; `reranks`: the run ranks its draws by CLIP when it asks for (or its model defaults to) >1 candidate."""
+def check_model(spec, args: RunArgs, *, image_encoder: str | None = None, prior: str | None = None,
+                reranks: bool = False) -> None:
+    """Refuse, from the model's entry and before any file is fetched, a run that needs a part the model lacks:
+    `image_encoder` / `prior` name what needs CLIP's image tower / a prior; `reranks`: the run ranks its draws
+    by CLIP when it asks for (or its model defaults to) more than one image candidate."""
     if reranks and (args.sampling.get("image_candidates") or spec.defaults.get("image_candidates", 1)) > 1:
-        needs = needs or "--image-candidates"
-    if needs and not spec.has_image_encoder:
-        hint = " (Karlo's image variations are --model karlo-variations)" if spec.format == "diffusers" else ""
-        raise UnclipError(f"{needs} needs a CLIP image encoder; model '{spec.name}' has none{hint}")
+        image_encoder = image_encoder or "--image-candidates"
+    if image_encoder and not spec.has_image_encoder:
+        hint = " (Karlo's image variations are --model karlo-variations)" if image_encoder == "vary" else ""
+        raise UnclipError(f"{image_encoder} needs a CLIP image encoder; model '{spec.name}' has none{hint}")
+    if prior and "prior" not in spec.stages:
+        raise UnclipError(f"{prior} needs a prior; model '{spec.name}' has none (it can only make variations: "
+                          f"`unclip vary`)")
 
 
-def prepare(args: RunArgs, prompts: int = 1, *, needs_image_encoder: str | None = None, reranks: bool = False):
+def prepare(args: RunArgs, prompts: int = 1, **needs):
     """Everything that can fail on bad input, before any sampling: returns (stages, opts, seeds), with
-    `num_images` seeds per prompt: prompt k's images use seeds seed + k*n ... seed + k*n + n-1."""
+    `num_images` seeds per prompt: prompt k's images use seeds seed + k*n ... seed + k*n + n-1. `needs`: what
+    the run needs of the model (check_model's keywords)."""
     validate(args, prompts)
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
     images.check_outdir(args.outdir)
-    check_image_encoder(registry.resolve(args.model), args, needs_image_encoder, reranks)
+    check_model(registry.resolve(args.model), args, **needs)
     stages, size = stages_mod.open_model(args.model, device, dtype, args.size, keep_loaded=False)
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     seeds = [seed + i for i in range(args.num_images * prompts)]
@@ -289,7 +295,7 @@ def _negative(stages, negative: str) -> tuple[list[str] | None, dict]:
 
 def generate(prompt: str | None, args: RunArgs, negative: str = "") -> list[Path]:
     plan = plan_prompts(prompt, args)
-    stages, opts, seeds = prepare(args, plan.count(), reranks=True)
+    stages, opts, seeds = prepare(args, plan.count(), prior="generate", reranks=True)
     for p in plan.prompts:
         warn_prompt(stages, p.text)
     neg, record = _negative(stages, negative)
@@ -304,11 +310,10 @@ def generate(prompt: str | None, args: RunArgs, negative: str = "") -> list[Path
 
 def vary(image_path: Path, args: RunArgs, steer: toolkit.Steer = toolkit.Steer()) -> list[Path]:
     image = images.load_image(image_path)
-    stages, opts, seeds = prepare(args, needs_image_encoder="vary")
+    mixes = bool(steer.prompt and steer.prompt_mix > 0)
+    stages, opts, seeds = prepare(args, image_encoder="vary", prior="--prompt-mix" if mixes else None)
     if steer.prompt:
         warn_prompt(stages, steer.prompt)
-    if steer.prompt and steer.prompt_mix > 0 and not stages.has("prior"):
-        raise UnclipError(f"--prompt-mix needs a prior, and model '{stages.spec.name}' has none")
 
     def make(chunk, progress):
         x = toolkit.vary(stages, image, opts, generators([j.seed for j in chunk]), progress, steer)
@@ -326,7 +331,7 @@ def edit(image_path: Path, mask_path: Path | None, prompt: str | None, args: Run
     image = images.load_image(image_path)
     mask_image = images.load_image(mask_path, "mask") if mask_path is not None else None
     edit_mask = images.edit_mask(image, mask_image, str(mask_path) if mask_path else None, invert=region.invert)
-    stages, opts, seeds = prepare(args, plan.count())
+    stages, opts, seeds = prepare(args, plan.count(), prior="edit")
     if opts.resample > 1 and opts.sampler not in repaint.SUPPORTED:
         if args.sampling.get("sampler") is not None:
             raise UnclipError(f"--resample needs --sampler {' or '.join(repaint.SUPPORTED)}, not {opts.sampler}")

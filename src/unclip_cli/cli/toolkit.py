@@ -100,10 +100,9 @@ def mix(a: str, b: str, ratio: float | None, frames: int | None, args: run.RunAr
     (sa, la), (sb, lb) = parse_side(a, "A"), parse_side(b, "B")
     if same_sides(sa, sb):
         raise UnclipError(f"A and B are the same {sa[0]}: every frame of the mix would be the same image")
-    image_side = "a mix side that is an image" if "image" in (sa[0], sb[0]) else None
-    stages, opts, seeds = run.prepare(args, needs_image_encoder=image_side)
-    if "text" in (sa[0], sb[0]) and not stages.has("prior"):
-        raise UnclipError(f"model '{stages.spec.name}' has no prior, so a mix side cannot be a text")
+    kinds = (sa[0], sb[0])
+    stages, opts, seeds = run.prepare(args, image_encoder="a mix side that is an image" if "image" in kinds else None,
+                                      prior="a mix side that is a text" if "text" in kinds else None)
     for kind, value in (sa, sb):
         if kind == "text":
             run.warn_prompt(stages, value)
