@@ -42,6 +42,8 @@ negative_rescale = 0.0
 # / second set (30 x 8), 1 -> 2 candidates: colour 90.6 -> 96.9% / 93.3 -> 97.1%, one-object captions 85.2 -> 91.4% /
 # 97.5 -> 98.8%, all 77.9 -> 84.6% / 87.1 -> 90.0% (held-out seeds 2000: all +2.5, two-object +5.8, colour +1.9,
 # one-object -0.4); README "Image candidates". --image-candidates 1 is the old default.
+# Three, tried (2026-12-03, sixth session): held-out over three seed ranges all 83.3 -> 84.5%, one-object 89.3 ->
+# 91.4%, but the second set's one-object captions 98.8 -> 95.6% and no gain on seeds 3000: not adopted.
 image_candidates = 2
 """
 
