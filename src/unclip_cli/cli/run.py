@@ -186,8 +186,8 @@ def check_model(spec, args: RunArgs, *, image_encoder: str | None = None, prior:
         hint = " (Karlo's image variations are --model karlo-variations)" if image_encoder == "vary" else ""
         raise UnclipError(f"{image_encoder} needs a CLIP image encoder; model '{spec.name}' has none{hint}")
     if prior and "prior" not in spec.stages:
-        raise UnclipError(f"{prior} needs a prior; model '{spec.name}' has none (it can only make variations: "
-                          f"`unclip vary`)")
+        hint = " (it can only make variations: `unclip vary`)" if prior in ("generate", "edit") else ""
+        raise UnclipError(f"{prior} needs a prior; model '{spec.name}' has none{hint}")
 
 
 def prepare(args: RunArgs, prompts: int = 1, **needs):
