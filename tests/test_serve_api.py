@@ -509,3 +509,21 @@ def test_generate_takes_the_negative_prompt_and_its_rescale_as_the_cli_does(clie
     assert (params, text) == images.read_params(cli["images"][0]["path"])
     assert params["negative_rescale"] == 0.5 and "Negative rescale: 0.5" in text
     assert np.array_equal(pixels(out / job["images"][0]), pixels(cli["images"][0]["path"]))
+
+
+def test_a_model_without_clips_image_tower_offers_no_image_candidates(tmp_path, out):
+    """Karlo's layout cannot rank draws by CLIP: /api/info lists image_candidates for no verb (the page leaves the
+    field out), and a job that asks for it anyway fails with the CLI's one line, before any sampling."""
+    pytest.importorskip("diffusers")
+    import karlo_tiny
+
+    root = tmp_path / "tiny-karlo"
+    karlo_tiny.write_folder(root, seed=0)
+    with TestClient(web.create_app(Config(model=str(root), outdir=out)), base_url=BASE) as c:
+        verbs = {o["name"]: o["verbs"] for o in c.get("/api/info").json()["options"]}
+        assert verbs["image_candidates"] == [] and verbs["decoder_steps"] == ["generate", "edit", "vary", "mix"]
+        r = c.post("/api/generate", json={"prompt": "a red circle", "image_candidates": 2})
+        job = finished(c, r.json()["job"]["id"])
+        assert job["state"] == "failed" and "needs a CLIP image encoder" in job["error"] and "\n" not in job["error"]
+        assert job["stages"] == []  # refused before any sampling
+    assert not any(out.glob("*.png"))

@@ -40,8 +40,11 @@ VERBS = {
 VERB_ONLY = {"edit": ("edit",), "negative": ("generate", "edit"), "rerank": ("generate",)}  # stages only some verbs take
 
 
-def option_verbs(o: options.OptionInfo) -> list[str]:
-    """The verbs that take a sampling option (the page reads this from /api/info rather than repeating the rule)."""
+def option_verbs(o: options.OptionInfo, spec=None) -> list[str]:
+    """The verbs that take a sampling option (the page reads this from /api/info rather than repeating the rule);
+    with a model's spec, none for image candidates when its CLIP has no image tower to rank them (Karlo)."""
+    if spec is not None and o.stage == "rerank" and not spec.has_image_encoder:
+        return []
     return [v for v in VERBS if v in VERB_ONLY.get(o.stage, (v,))]
 
 

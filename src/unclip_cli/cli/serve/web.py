@@ -192,7 +192,7 @@ def model_info(cfg: Config) -> dict:
     defaults = options.resolve(stages.spec.defaults, {}, size)
     return {"model": stages.spec.name, "version": __version__, "size": size, "sizes": stages.sizes(),
             "has_prior": stages.has("prior"), "defaults": asdict(defaults),
-            "options": [{"name": o.name, "type": o.type.__name__, "stage": o.stage, "verbs": requests.option_verbs(o),
+            "options": [{"name": o.name, "type": o.type.__name__, "stage": o.stage, "verbs": requests.option_verbs(o, stages.spec),
                          "help": o.help, "low": o.low, "high": o.high, "choices": list(o.choices)}
                         for o in options.SAMPLING],
             "limits": {"upload_bytes": files.MAX_UPLOAD_BYTES, "upload_pixels": files.MAX_UPLOAD_PIXELS,

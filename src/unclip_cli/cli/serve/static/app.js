@@ -57,6 +57,7 @@ function advancedFields(info) {
   for (const s of info.sizes) size.append(el("option", { value: s, text: `${s}×${s}` }));
   box.append(el("label", { text: "Size " }, size));
   for (const o of info.options) {
+    if (!o.verbs.length) continue;  // nothing this model can use it for (image candidates without CLIP's image tower)
     const editOnly = o.verbs.length === 1 && o.verbs[0] === "edit";
     const where = editOnly ? $("#edit-options") : box;
     const input = optionInput(o, info.defaults[o.name]);
