@@ -142,8 +142,34 @@ def test_what_a_model_lacks_is_refused_before_any_download(fake_hub, tmp_path, m
           outdir=out)
     fails("vary", picture, "--prompt", "a red circle", "--prompt-mix", "0.5", "--model", "imageonly",
           match=f"--prompt-mix {no_prior}", outdir=out)
+    r = invoke("eval", "textonly", "--per-prompt", 1)
+    assert r.exit_code == 1 and f"unclip eval (its CLIP score) {no_tower}" in r.stderr, r.stderr
     assert fake_hub.requests == []
     # what the models have asks the hub for their files (and fails there: the fake hub has none)
-    for args in (("generate", "a red circle", "--model", "textonly"), ("vary", picture, "--model", "imageonly")):
+    for args in (("generate", "a red circle", "--model", "textonly"), ("vary", picture, "--model", "imageonly"),
+                 ("mix", "text:a red circle", "text:a blue square", "--model", "textonly"),
+                 ("vary", picture, "--prompt", "a red circle", "--model", "imageonly")):
+        asked = len(fake_hub.requests)
         r = invoke(*args, "--outdir", out)
-        assert r.exit_code == 1 and "needs a" not in r.stderr and fake_hub.requests, r.stderr
+        assert r.exit_code == 1 and "needs a" not in r.stderr and len(fake_hub.requests) > asked, (args, r.stderr)
+
+
+def test_a_models_default_candidates_count_as_asked(fake_hub, tmp_path, monkeypatch):
+    """A text-only-CLIP model whose weights.toml defaults to 2 image candidates: generate is refused before any
+    download unless --image-candidates 1 overrides the default."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("UNCLIP_HOME", str(home))
+    files = {"clip": "text_encoder/model.safetensors", "prior": "prior/diffusion_pytorch_model.safetensors",
+             "text_proj": "text_proj/diffusion_pytorch_model.safetensors",
+             "decoder": "decoder/diffusion_pytorch_model.safetensors"}
+    lines = ["[models.textonly]", 'description = "a test layout"', 'format = "diffusers"', "",
+             "[models.textonly.defaults]", "image_candidates = 2", "", "[models.textonly.stages]"]
+    lines += [f'{s} = {{ repo = "someone/textonly", revision = "{"1" * 40}", filename = "{f}" }}' for s, f in files.items()]
+    (home / "weights.toml").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    fails("generate", "a red circle", "--model", "textonly",
+          match="--image-candidates needs a CLIP image encoder; model 'textonly' has none", outdir=out)
+    assert fake_hub.requests == []
+    r = invoke("generate", "a red circle", "--model", "textonly", "--image-candidates", 1, "--outdir", out)
+    assert r.exit_code == 1 and "needs a" not in r.stderr and fake_hub.requests, r.stderr

@@ -5,11 +5,12 @@ from pathlib import Path
 
 
 from unclip_cli.cli import interrupts
-from unclip_cli.cli.run import StageProgress, dtype_name, pick_device, pick_dtype, quiet
+from unclip_cli.cli.run import StageProgress, check_model, dtype_name, pick_device, pick_dtype, quiet
 from unclip_cli.errors import UnclipError
 from unclip_cli import options
 from unclip_cli.pipeline import images, stages as stages_mod
 from unclip_cli.shapes import evaluate as ev
+from unclip_cli.weights import registry
 
 
 def read_prompts(path: Path) -> list[tuple[str, bool]]:
@@ -43,6 +44,8 @@ def run(model, per_prompt: int, ablation: bool, seed: int, size: int | None, sam
         raise UnclipError(f"--per-prompt must be at least 1, got {per_prompt}")
     prompts = read_prompts(prompts_file) if prompts_file else None
     dev = pick_device(device)
+    check_model(registry.resolve(model), sampling, image_encoder="unclip eval (its CLIP score)", prior="unclip eval",
+                reranks=True)
     stages, _ = stages_mod.open_model(model, dev, pick_dtype(dtype, dev), size, keep_loaded=True)
     size = size or stages.decoder_size()
     opts = options.resolve(stages.spec.defaults, sampling, size)

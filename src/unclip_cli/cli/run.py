@@ -175,30 +175,30 @@ def quiet() -> bool:
     return bool(os.environ.get("UNCLIP_QUIET"))
 
 
-def check_model(spec, args: RunArgs, *, image_encoder: str | None = None, prior: str | None = None,
+def check_model(spec, sampling: dict, *, image_encoder: str | None = None, prior: str | None = None,
                 reranks: bool = False) -> None:
     """Refuse, from the model's entry and before any file is fetched, a run that needs a part the model lacks:
     `image_encoder` / `prior` name what needs CLIP's image tower / a prior; `reranks`: the run ranks its draws
     by CLIP when it asks for (or its model defaults to) more than one image candidate."""
-    if reranks and (args.sampling.get("image_candidates") or spec.defaults.get("image_candidates", 1)) > 1:
+    if reranks and options.resolve(spec.defaults, sampling, 0).image_candidates > 1:
         image_encoder = image_encoder or "--image-candidates"
     if image_encoder and not spec.has_image_encoder:
-        hint = " (Karlo's image variations are --model karlo-variations)" if image_encoder == "vary" else ""
-        raise UnclipError(f"{image_encoder} needs a CLIP image encoder; model '{spec.name}' has none{hint}")
+        raise UnclipError(f"{image_encoder} needs a CLIP image encoder; model '{spec.name}' has none")
     if prior and "prior" not in spec.stages:
-        hint = " (it can only make variations: `unclip vary`)" if prior in ("generate", "edit") else ""
-        raise UnclipError(f"{prior} needs a prior; model '{spec.name}' has none{hint}")
+        raise UnclipError(f"{prior} needs a prior; model '{spec.name}' has none (without one a model can only make "
+                          f"variations: `unclip vary`)")
 
 
-def prepare(args: RunArgs, prompts: int = 1, **needs):
+def prepare(args: RunArgs, prompts: int = 1, *, image_encoder: str | None = None, prior: str | None = None,
+            reranks: bool = False):
     """Everything that can fail on bad input, before any sampling: returns (stages, opts, seeds), with
-    `num_images` seeds per prompt: prompt k's images use seeds seed + k*n ... seed + k*n + n-1. `needs`: what
-    the run needs of the model (check_model's keywords)."""
+    `num_images` seeds per prompt: prompt k's images use seeds seed + k*n ... seed + k*n + n-1. The keywords say
+    what the run needs of the model (check_model's)."""
     validate(args, prompts)
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
     images.check_outdir(args.outdir)
-    check_model(registry.resolve(args.model), args, **needs)
+    check_model(registry.resolve(args.model), args.sampling, image_encoder=image_encoder, prior=prior, reranks=reranks)
     stages, size = stages_mod.open_model(args.model, device, dtype, args.size, keep_loaded=False)
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     seeds = [seed + i for i in range(args.num_images * prompts)]
@@ -310,8 +310,7 @@ def generate(prompt: str | None, args: RunArgs, negative: str = "") -> list[Path
 
 def vary(image_path: Path, args: RunArgs, steer: toolkit.Steer = toolkit.Steer()) -> list[Path]:
     image = images.load_image(image_path)
-    mixes = bool(steer.prompt and steer.prompt_mix > 0)
-    stages, opts, seeds = prepare(args, image_encoder="vary", prior="--prompt-mix" if mixes else None)
+    stages, opts, seeds = prepare(args, image_encoder="vary", prior="--prompt-mix" if steer.uses_prior else None)
     if steer.prompt:
         warn_prompt(stages, steer.prompt)
 

@@ -28,12 +28,17 @@ class Steer:
     source: str = ""  # text diff: caption of the image as it is (--from)
     amount: float = 0.5  # text diff: slerp fraction toward the difference direction
 
+    @property
+    def uses_prior(self) -> bool:
+        """Whether the image embedding is mixed toward the prior's embedding of `prompt`."""
+        return bool(self.prompt) and self.prompt_mix > 0
+
     def record(self) -> dict:
         """What a PNG records beyond plain vary (only what was used)."""
         out = {}
         if self.strength != 1.0:
             out["strength"] = self.strength
-        if self.prompt and self.prompt_mix > 0:
+        if self.uses_prior:
             out["prompt_mix"] = self.prompt_mix
         if self.toward is not None:
             out.update(toward=self.toward, **{"from": self.source}, amount=self.amount)
@@ -69,7 +74,7 @@ def vary(stages: Stages, image, opts: Options, gens, report: Report = _noop, ste
     caption = cascade.encode_text(stages, [steer.prompt])[0] if steer.prompt else empty
     stages.release("clip")
     embeds = embed.expand(len(gens), -1)
-    if steer.prompt and steer.prompt_mix > 0:
+    if steer.uses_prior:
         embeds = embeddings.slerp(embeds, prior_embed(stages, steer.prompt, opts, gens, report).to(embed.dtype),
                                   steer.prompt_mix)
     start = None

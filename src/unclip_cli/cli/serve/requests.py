@@ -19,6 +19,7 @@ from unclip_cli.cli.serve.common import Config, HttpError
 from unclip_cli.cli.serve.files import Folder
 from unclip_cli.errors import UnclipError
 from unclip_cli.pipeline import images
+from unclip_cli.weights import registry
 
 MAX_IMAGES = 16  # per job
 MAX_TEXT = 2000  # characters of a prompt (CLIP reads 77 tokens; the rest is dropped with a warning)
@@ -85,6 +86,7 @@ def build(verb: str, body, cfg: Config, folder: Folder, sizes: list[int]) -> Cal
         raise HttpError(f"num_images must be at most {MAX_IMAGES} per job, got {args.num_images}")
     try:
         run.validate(args)
+        run.check_model(registry.resolve(cfg.model), args.sampling, reranks=verb == "generate")  # as the verb will
         go, summary = BUILDERS[verb](v, folder)
     except HttpError:
         raise
