@@ -206,6 +206,8 @@ def test_folder_is_a_model(t2i, i2i):
     }
     stages, size = stages_mod.open_model(str(root), "cpu", torch.float32, None)  # preflight: header checks
     assert size == 256 and set(stages.paths) == set(spec.stages)
+    # what the spec says before any file is fetched (the early refusals) is what the loaded CLIP shows
+    assert not spec.has_image_encoder and not pipeline.has_image_tower(stages)
     with pytest.raises(UnclipError, match="no CLIP image encoder"):  # vary needs karlo-v1-alpha-image-variations
         pipeline.encode_images(stages, [Image.new("RGB", (8, 8))])
 
@@ -218,6 +220,7 @@ def test_folder_is_a_model(t2i, i2i):
     vspec = weights.resolve(str(vroot))
     assert set(vspec.stages) == {"clip", "clip_vision", "text_proj", "decoder", "sr256", "sr256_last"}
     vstages, _ = stages_mod.open_model(str(vroot), "cpu", torch.float32, None)
+    assert vspec.has_image_encoder and pipeline.has_image_tower(vstages)
     with pytest.raises(UnclipError, match="no prior stage"):
         vstages.get("prior")
     assert vstages.diffusion("decoder") == spec.diffusion["decoder"]

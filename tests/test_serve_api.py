@@ -526,3 +526,34 @@ def test_a_model_without_clips_image_tower_offers_no_image_candidates(tmp_path, 
         assert r.status_code == 400 and "image_candidates needs a CLIP image encoder" in r.json()["error"], r.text
         assert c.get("/api/jobs").json()["jobs"] == []
     assert not any(out.glob("*.png"))
+
+
+def test_each_verb_is_refused_before_queueing_when_the_model_lacks_what_it_needs(tmp_path, out):
+    """/api/info says what the model has (the page hides the rest), and a request for what it lacks gets the CLI's
+    one line as a 400, with nothing queued: Karlo's text-only CLIP cannot vary or mix an image; an image-variations
+    model (no prior) cannot generate, edit, mix a text or mix toward a caption."""
+    pytest.importorskip("diffusers")
+    import karlo_tiny
+
+    picture = Image.new("RGB", (64, 64), (200, 40, 40))
+    text, image = {"text": "a red circle"}, None
+    for name, variations in (("tiny-karlo", False), ("tiny-karlo-variations", True)):
+        root = tmp_path / name
+        karlo_tiny.write_folder(root, seed=0, variations=variations)
+        with TestClient(web.create_app(Config(model=str(root), outdir=out)), base_url=BASE) as c:
+            info = c.get("/api/info").json()
+            assert (info["has_prior"], info["has_image_encoder"]) == (not variations, variations)
+            image = {"image": upload(c, png(picture))["id"]}
+            holed = upload(c, png(Image.merge("RGBA", (*picture.split(), Image.new("L", (64, 64), 0)))))["id"]
+            lacks = ([("vary", {"image": image["image"]}, "vary needs a CLIP image encoder"),
+                      ("mix", {"a": image, "b": text}, "a mix side that is an image needs a CLIP image encoder")]
+                     if not variations else
+                     [("generate", {"prompt": "a red circle"}, "generate needs a prior"),
+                      ("edit", {"image": holed, "prompt": "a red circle"}, "edit needs a prior"),
+                      ("vary", {"image": image["image"], "prompt": "a red circle", "prompt_mix": 0.5},
+                       "prompt_mix needs a prior"),
+                      ("mix", {"a": image, "b": text}, "a mix side that is a text needs a prior")])
+            for verb, body, needle in lacks:
+                refused(c.post(f"/api/{verb}", json=body), 400, needle, f"model '{root}' has none")
+            assert c.get("/api/jobs").json()["jobs"] == []
+    assert not any(out.glob("*.png"))

@@ -207,3 +207,59 @@ def test_the_page_sends_each_verb_only_the_options_it_takes(server, browser):
         assert set(keys) == expected, verb
     assert "resample" in sent["edit"] and "resample" not in sent["generate"]
     assert "negative_rescale" in sent["generate"] and "negative_rescale" not in sent["vary"] + sent["mix"]
+
+
+PAGE_STATE = """
+    const shown = (e) => !e.closest('[hidden]');
+    const fake = card({name: 'x.png', url: '/outputs/x.png', params: null});
+    return {tabs: [...document.querySelectorAll('[role=tab]')].filter(shown).map((b) => b.dataset.tab),
+            selected: document.querySelector('[role=tab][aria-selected=true]').dataset.tab,
+            form: [...document.querySelectorAll('form[data-verb]')].filter(shown).map((f) => f.dataset.verb),
+            prompt_mix: shown(document.querySelector('#vary [name=prompt_mix]')),
+            sides: Object.fromEntries([...document.querySelectorAll('input[name=kind-a]')].map(
+                (r) => [r.value, r.disabled ? 'disabled' : r.checked ? 'checked' : 'enabled'])),
+            text_a: shown(document.querySelector('[name=text-a]')),
+            buttons: [...fake.querySelectorAll('button')].map((b) => b.textContent)};"""
+
+
+def test_the_page_offers_only_what_the_model_can_do(server, browser, tmp_path):
+    """The bundled model can do everything; Karlo (text-only CLIP) cannot vary or mix an image; an image-variations
+    model (no prior) cannot generate, edit, mix a text or mix toward a caption. The page hides what the server
+    would refuse, and opens on the first verb the model can do."""
+    pytest.importorskip("diffusers")
+    import karlo_tiny
+
+    from test_serve_api import free_port, start_server, wait_until_up
+
+    url, _ = server
+    browser.get(url + "/")
+    wait_for(browser, "return document.body.dataset.ready === '1'")
+    assert browser.execute_script(PAGE_STATE) == {
+        "tabs": ["generate", "edit", "vary", "mix"], "selected": "generate", "form": ["generate"], "prompt_mix": False,
+        "sides": {"image": "checked", "text": "enabled"}, "text_a": False,
+        "buttons": ["Edit", "Vary", "Mix A", "Mix B"]}  # prompt_mix: on the Vary form, hidden until that tab opens
+    expected = {
+        False: {"tabs": ["generate", "edit", "mix"], "selected": "generate", "form": ["generate"], "prompt_mix": False,
+                "sides": {"image": "disabled", "text": "checked"}, "text_a": False, "buttons": ["Edit"]},
+        True: {"tabs": ["vary", "mix"], "selected": "vary", "form": ["vary"], "prompt_mix": False,
+               "sides": {"image": "checked", "text": "disabled"}, "text_a": False, "buttons": ["Vary", "Mix A", "Mix B"]},
+    }
+    for variations in (False, True):
+        root, home = tmp_path / f"karlo-{variations}", tmp_path / f"home-{variations}"
+        karlo_tiny.write_folder(root, seed=0, variations=variations)
+        home.mkdir()
+        port = free_port()
+        proc = start_server(home, tmp_path / f"out-{variations}", port, "--model", str(root))
+        try:
+            wait_until_up(proc, port, limit=300)
+            browser.get(f"http://127.0.0.1:{port}/")
+            wait_for(browser, "return document.body.dataset.ready === '1'")
+            assert browser.execute_script(PAGE_STATE) == expected[variations], variations
+            if not variations:  # Karlo's mix form shows the text fields, since text is the only side it takes
+                browser.execute_script("selectTab('mix')")
+                assert browser.execute_script(PAGE_STATE)["text_a"]
+            else:  # and a variations model's Vary form has no prompt-mix slider
+                assert not browser.execute_script(PAGE_STATE)["prompt_mix"]
+        finally:
+            proc.terminate()
+            proc.communicate(timeout=60)

@@ -44,9 +44,9 @@ def run(model, per_prompt: int, ablation: bool, seed: int, size: int | None, sam
         raise UnclipError(f"--per-prompt must be at least 1, got {per_prompt}")
     prompts = read_prompts(prompts_file) if prompts_file else None
     dev = pick_device(device)
-    check_model(registry.resolve(model), sampling, image_encoder="unclip eval (its CLIP score)", prior="unclip eval",
-                reranks=True)
-    stages, _ = stages_mod.open_model(model, dev, pick_dtype(dtype, dev), size, keep_loaded=True)
+    spec = registry.resolve(model)
+    check_model(spec, sampling, image_encoder="unclip eval (its CLIP score)", prior="unclip eval", reranks=True)
+    stages, _ = stages_mod.open_model(spec, dev, pick_dtype(dtype, dev), size, keep_loaded=True)
     size = size or stages.decoder_size()
     opts = options.resolve(stages.spec.defaults, sampling, size)
     modes = ("caption", "text_embed", "prior") if ablation else ("prior",)

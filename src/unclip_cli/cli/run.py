@@ -198,8 +198,9 @@ def prepare(args: RunArgs, prompts: int = 1, *, image_encoder: str | None = None
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
     images.check_outdir(args.outdir)
-    check_model(registry.resolve(args.model), args.sampling, image_encoder=image_encoder, prior=prior, reranks=reranks)
-    stages, size = stages_mod.open_model(args.model, device, dtype, args.size, keep_loaded=False)
+    spec = registry.resolve(args.model)
+    check_model(spec, args.sampling, image_encoder=image_encoder, prior=prior, reranks=reranks)
+    stages, size = stages_mod.open_model(spec, device, dtype, args.size, keep_loaded=False)
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     seeds = [seed + i for i in range(args.num_images * prompts)]
     return stages, options.resolve(stages.spec.defaults, args.sampling, size), seeds
@@ -285,6 +286,21 @@ def plan_prompts(prompt: str | None, args: RunArgs) -> Plan:
 # Verbs ---------------------------------------------------------------------------------------
 
 
+# What each verb needs of the model (check_model's keywords), for the CLI's verbs and serve's requests alike.
+GENERATE_NEEDS = {"prior": "generate", "reranks": True}
+EDIT_NEEDS = {"prior": "edit"}
+
+
+def vary_needs(steer: toolkit.Steer) -> dict:
+    return {"image_encoder": "vary", "prior": "--prompt-mix" if steer.uses_prior else None}
+
+
+def mix_needs(kinds) -> dict:
+    """A mix whose sides are of these kinds ("image", "text")."""
+    return {"image_encoder": "a mix side that is an image" if "image" in kinds else None,
+            "prior": "a mix side that is a text" if "text" in kinds else None}
+
+
 def _negative(stages, negative: str) -> tuple[list[str] | None, dict]:
     """A negative prompt as the cascade takes it (None when empty: exactly as without one) and its metadata."""
     if not negative.strip():
@@ -295,7 +311,7 @@ def _negative(stages, negative: str) -> tuple[list[str] | None, dict]:
 
 def generate(prompt: str | None, args: RunArgs, negative: str = "") -> list[Path]:
     plan = plan_prompts(prompt, args)
-    stages, opts, seeds = prepare(args, plan.count(), prior="generate", reranks=True)
+    stages, opts, seeds = prepare(args, plan.count(), **GENERATE_NEEDS)
     for p in plan.prompts:
         warn_prompt(stages, p.text)
     neg, record = _negative(stages, negative)
@@ -310,7 +326,7 @@ def generate(prompt: str | None, args: RunArgs, negative: str = "") -> list[Path
 
 def vary(image_path: Path, args: RunArgs, steer: toolkit.Steer = toolkit.Steer()) -> list[Path]:
     image = images.load_image(image_path)
-    stages, opts, seeds = prepare(args, image_encoder="vary", prior="--prompt-mix" if steer.uses_prior else None)
+    stages, opts, seeds = prepare(args, **vary_needs(steer))
     if steer.prompt:
         warn_prompt(stages, steer.prompt)
 
@@ -330,7 +346,7 @@ def edit(image_path: Path, mask_path: Path | None, prompt: str | None, args: Run
     image = images.load_image(image_path)
     mask_image = images.load_image(mask_path, "mask") if mask_path is not None else None
     edit_mask = images.edit_mask(image, mask_image, str(mask_path) if mask_path else None, invert=region.invert)
-    stages, opts, seeds = prepare(args, plan.count(), prior="edit")
+    stages, opts, seeds = prepare(args, plan.count(), **EDIT_NEEDS)
     if opts.resample > 1 and opts.sampler not in repaint.SUPPORTED:
         if args.sampling.get("sampler") is not None:
             raise UnclipError(f"--resample needs --sampler {' or '.join(repaint.SUPPORTED)}, not {opts.sampler}")

@@ -100,9 +100,7 @@ def mix(a: str, b: str, ratio: float | None, frames: int | None, args: run.RunAr
     (sa, la), (sb, lb) = parse_side(a, "A"), parse_side(b, "B")
     if same_sides(sa, sb):
         raise UnclipError(f"A and B are the same {sa[0]}: every frame of the mix would be the same image")
-    kinds = (sa[0], sb[0])
-    stages, opts, seeds = run.prepare(args, image_encoder="a mix side that is an image" if "image" in kinds else None,
-                                      prior="a mix side that is a text" if "text" in kinds else None)
+    stages, opts, seeds = run.prepare(args, **run.mix_needs((sa[0], sb[0])))
     for kind, value in (sa, sb):
         if kind == "text":
             run.warn_prompt(stages, value)

@@ -40,13 +40,13 @@ def encode_text(stages: Stages, prompts: list[str]) -> tuple[TextEncoding, list[
         return clip.encode_text(model, ids, mask), dropped
 
 
-def _has_image_tower(stages: Stages) -> bool:
+def has_image_tower(stages: Stages) -> bool:
     return hasattr(stages.get("clip").visual, "image_size")  # not models.clip.AbsentTower: a text-only CLIP
 
 
 def encode_images(stages: Stages, images) -> torch.Tensor:
     model = stages.get("clip")
-    if not _has_image_tower(stages):
+    if not has_image_tower(stages):
         raise UnclipError(f"model '{stages.spec.name}' has no CLIP image encoder; this needs one")
     size = clip.image_size(model)
     pixels = torch.stack([clip.preprocess(im, size) for im in images])
@@ -347,7 +347,7 @@ def generate(stages: Stages, prompts: list[str], opts: Options, gens, report: Re
     the same for all n), and the row `closest_images` picks goes on to the upsamplers."""
     n = opts.image_candidates
     if n > 1:
-        if not _has_image_tower(stages):
+        if not has_image_tower(stages):
             raise UnclipError(f"--image-candidates needs a CLIP image encoder; model '{stages.spec.name}' has none")
         prompts, negative = _each_row(prompts, len(gens), n), negative and _each_row(negative, len(gens), n)
     rows = [g for g in gens for _ in range(n)]

@@ -150,13 +150,15 @@ def _needed(spec: ModelSpec, size: int | None) -> tuple[list[str], list[tuple[st
     return needed, ups
 
 
-def open_model(name: str | None, device, dtype, size: int | None, *, keep_loaded: bool = False) -> tuple[Stages, int]:
-    """Fetch and check the files a run at `size` needs. Returns (stages, resolved size).
+def open_model(model: str | ModelSpec | None, device, dtype, size: int | None, *, keep_loaded: bool = False
+               ) -> tuple[Stages, int]:
+    """Fetch and check the files a run at `size` needs; `model`: a name, a folder, or a spec already resolved.
+    Returns (stages, resolved size).
 
     Sizes: the decoder's own resolution (64 for Karlo), then 256 and 1024 as far as the
     model's upsamplers reach. Without a size: the model's default `size`, else the largest.
     """
-    spec = registry.resolve(name)
+    spec = model if isinstance(model, ModelSpec) else registry.resolve(model)
     needed, ups = _needed(spec, size)
     where = lambda s: f"stage '{s}' of model '{spec.name}'"  # noqa: E731
     paths = {s: hub.fetch(spec.stages[s], where(s), model=spec.name) for s in needed}

@@ -86,8 +86,8 @@ def build(verb: str, body, cfg: Config, folder: Folder, sizes: list[int]) -> Cal
         raise HttpError(f"num_images must be at most {MAX_IMAGES} per job, got {args.num_images}")
     try:
         run.validate(args)
-        run.check_model(registry.resolve(cfg.model), args.sampling, reranks=verb == "generate")  # as the verb will
-        go, summary = BUILDERS[verb](v, folder)
+        go, summary, needs = BUILDERS[verb](v, folder)
+        run.check_model(registry.resolve(cfg.model), args.sampling, **needs)  # as the verb will, before queueing
     except HttpError:
         raise
     except UnclipError as e:
@@ -136,7 +136,7 @@ def _prompt(v: dict) -> str:
 
 def _generate(v: dict, folder: Folder):
     prompt, negative = _prompt(v), v["negative_prompt"]
-    return (lambda args: run.generate(prompt, args, negative=negative)), {"prompt": prompt}
+    return (lambda args: run.generate(prompt, args, negative=negative)), {"prompt": prompt}, run.GENERATE_NEEDS
 
 
 def _edit(v: dict, folder: Folder):
@@ -148,14 +148,14 @@ def _edit(v: dict, folder: Folder):
     picture = images.load_image(image)
     images.edit_mask(picture, images.load_image(mask, "mask") if mask else None, v["mask"], invert=region.invert)
     go = lambda args: run.edit(image, mask, prompt, args, region, negative=negative)  # noqa: E731
-    return go, {"prompt": prompt, "image": v["image"], "mask": v["mask"] or "alpha"}
+    return go, {"prompt": prompt, "image": v["image"], "mask": v["mask"] or "alpha"}, run.EDIT_NEEDS
 
 
 def _vary(v: dict, folder: Folder):
     steer = toolkit.steer_of(v["strength"], v["prompt"], v["prompt_mix"], v["toward"], v["from"], v["amount"])
     image = folder.input(v["image"])
     images.load_image(image)
-    return (lambda args: run.vary(image, args, steer)), {"prompt": steer.prompt, "image": v["image"]}
+    return (lambda args: run.vary(image, args, steer)), {"prompt": steer.prompt, "image": v["image"]}, run.vary_needs(steer)
 
 
 def _side(value: dict, name: str, folder: Folder) -> tuple[str, str]:
@@ -180,7 +180,8 @@ def _mix(v: dict, folder: Folder):
     if toolkit.same_sides(sa, sb):
         raise HttpError(f"a and b are the same {sa[0]}: every frame of the mix would be the same image")
     go = lambda args: toolkit.mix(a, b, v["ratio"], v["frames"], args)  # noqa: E731
-    return go, {"a": shown_a, "b": shown_b}
+    return go, {"a": shown_a, "b": shown_b}, run.mix_needs((sa[0], sb[0]))
 
 
+# verb -> builder(fields, folder) -> (go, summary, what the verb needs of the model: run.check_model's keywords)
 BUILDERS = {"generate": _generate, "edit": _edit, "vary": _vary, "mix": _mix}

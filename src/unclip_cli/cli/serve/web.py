@@ -191,7 +191,8 @@ def model_info(cfg: Config) -> dict:
     stages, size = stages_mod.open_model(cfg.model, device, run.pick_dtype(cfg.dtype, device), None)
     defaults = options.resolve(stages.spec.defaults, {}, size)
     return {"model": stages.spec.name, "version": __version__, "size": size, "sizes": stages.sizes(),
-            "has_prior": stages.has("prior"), "defaults": asdict(defaults),
+            "has_prior": stages.has("prior"), "has_image_encoder": stages.spec.has_image_encoder,
+            "defaults": asdict(defaults),
             "options": [{"name": o.name, "type": o.type.__name__, "stage": o.stage, "verbs": requests.option_verbs(o, stages.spec),
                          "help": o.help, "low": o.low, "high": o.high, "choices": list(o.choices)}
                         for o in options.SAMPLING],

@@ -33,6 +33,30 @@ function selectTab(name) {
   showError("");
 }
 
+// What this model can do: generate and edit need a prior; vary, and a mix side that is an image, need CLIP's
+// image tower (Karlo's text-only CLIP has none; an image-variations model has no prior). The rest is hidden.
+function canDo(info) {
+  return { generate: info.has_prior, edit: info.has_prior, vary: info.has_image_encoder,
+           mix: info.has_prior || info.has_image_encoder, image: info.has_image_encoder, text: info.has_prior };
+}
+
+function fitModel(info) {
+  const can = canDo(info);
+  for (const b of $$("[role=tab]")) b.hidden = !can[b.dataset.tab];
+  $("#vary [name=prompt_mix]").parentElement.hidden = !info.has_prior;  // mixing toward a caption runs the prior
+  for (const s of ["a", "b"]) {
+    for (const radio of $$(`input[name=kind-${s}]`)) {
+      radio.disabled = !can[radio.value];
+      if (can[radio.value] && !can[radio.value === "text" ? "image" : "text"]) {
+        radio.checked = true;
+        radio.dispatchEvent(new Event("change"));
+      }
+    }
+  }
+  const first = $$("[role=tab]").find((b) => !b.hidden);
+  if (first) selectTab(first.dataset.tab);
+}
+
 function commonFields() {
   const max = state.info.limits.images_per_job;
   for (const row of $$(".common")) {
@@ -321,9 +345,11 @@ function card(item) {
                     el("span", { class: "params", text: describe(p) })));
   const tools = el("div", { class: "tools" }, el("a", { href: `${item.url}?download=1`, download: item.name, text: "Download" }));
   if (png) {
-    for (const [slot, label, tab] of [["edit", "Edit", "edit"], ["vary", "Vary", "vary"], ["mix-a", "Mix A", "mix"], ["mix-b", "Mix B", "mix"]]) {
+    const can = canDo(state.info);
+    for (const [slot, label, tab] of [["edit", "Edit", "edit"], ["vary", "Vary", "vary"], ["mix-a", "Mix A", "image"], ["mix-b", "Mix B", "image"]]) {
+      if (!can[tab]) continue;
       const b = el("button", { type: "button", text: label, "data-use": slot });
-      b.addEventListener("click", () => { setInput(slot, item.name, item.url, item.name); selectTab(tab); });
+      b.addEventListener("click", () => { setInput(slot, item.name, item.url, item.name); selectTab(tab === "image" ? "mix" : tab); });
       tools.append(b);
     }
   }
@@ -366,6 +392,7 @@ async function start() {
   watchPickers();
   watchEditor();
   watchForms();
+  fitModel(state.info);
   document.body.dataset.ready = "1";
   poll(0);
 }
