@@ -37,7 +37,7 @@ def _open(size: int = 64):
 
 
 def test_the_bundled_models_spec_and_its_loaded_clip_agree_on_the_image_tower(home):
-    """The early refusals read the spec; the pipeline's own check reads the loaded CLIP (Karlo's folders: test_karlo_parity)."""
+    """The early refusals read the spec, the pipeline's own check the loaded CLIP (Karlo's: test_karlo_parity)."""
     stages, _ = _open()
     assert stages.spec.has_image_encoder and cascade.has_image_tower(stages)
 

@@ -242,7 +242,8 @@ def test_the_page_offers_only_what_the_model_can_do(server, browser, tmp_path):
         False: {"tabs": ["generate", "edit", "mix"], "selected": "generate", "form": ["generate"], "prompt_mix": False,
                 "sides": {"image": "disabled", "text": "checked"}, "text_a": False, "buttons": ["Edit"]},
         True: {"tabs": ["vary", "mix"], "selected": "vary", "form": ["vary"], "prompt_mix": False,
-               "sides": {"image": "checked", "text": "disabled"}, "text_a": False, "buttons": ["Vary", "Mix A", "Mix B"]},
+               "sides": {"image": "checked", "text": "disabled"}, "text_a": False,
+               "buttons": ["Vary", "Mix A", "Mix B"]},
     }
     for variations in (False, True):
         root, home = tmp_path / f"karlo-{variations}", tmp_path / f"home-{variations}"

@@ -155,7 +155,8 @@ def _vary(v: dict, folder: Folder):
     steer = toolkit.steer_of(v["strength"], v["prompt"], v["prompt_mix"], v["toward"], v["from"], v["amount"])
     image = folder.input(v["image"])
     images.load_image(image)
-    return (lambda args: run.vary(image, args, steer)), {"prompt": steer.prompt, "image": v["image"]}, run.vary_needs(steer)
+    go = lambda args: run.vary(image, args, steer)  # noqa: E731
+    return go, {"prompt": steer.prompt, "image": v["image"]}, run.vary_needs(steer)
 
 
 def _side(value: dict, name: str, folder: Folder) -> tuple[str, str]:

@@ -346,10 +346,12 @@ function card(item) {
   const tools = el("div", { class: "tools" }, el("a", { href: `${item.url}?download=1`, download: item.name, text: "Download" }));
   if (png) {
     const can = canDo(state.info);
-    for (const [slot, label, tab] of [["edit", "Edit", "edit"], ["vary", "Vary", "vary"], ["mix-a", "Mix A", "image"], ["mix-b", "Mix B", "image"]]) {
-      if (!can[tab]) continue;
+    const uses = [["edit", "Edit", "edit", "edit"], ["vary", "Vary", "vary", "vary"],  // slot, label, tab, what it needs
+                  ["mix-a", "Mix A", "mix", "image"], ["mix-b", "Mix B", "mix", "image"]];
+    for (const [slot, label, tab, need] of uses) {
+      if (!can[need]) continue;
       const b = el("button", { type: "button", text: label, "data-use": slot });
-      b.addEventListener("click", () => { setInput(slot, item.name, item.url, item.name); selectTab(tab === "image" ? "mix" : tab); });
+      b.addEventListener("click", () => { setInput(slot, item.name, item.url, item.name); selectTab(tab); });
       tools.append(b);
     }
   }
