@@ -24,7 +24,12 @@ size = 256  # --size 1024 adds the 256->1024 upsampler (about 5 s more on 2 CPU 
 sampler = "dpmpp_2m_sde"
 spacing = "logsnr"
 prior_steps = 16
-decoder_steps = 16
+# Decoder steps 32 (16 until 2026-12-03, seventh session), with two image candidates. `unclip eval --dtype fp32`,
+# held-out (30 x 16, seeds 1000/2000/3000) / second set (30 x 8, seeds 1000/2000), 16 -> 32 steps: all prompts
+# 83.3 -> 85.8% / 89.4 -> 90.8%, shape 86.7 -> 87.8% / 96.5 -> 96.2%, one-object captions 89.3 -> 92.4% / 98.8 ->
+# 97.5%, two-object 76.5 -> 78.1% / 84.7 -> 87.5%. The decoder's time doubles: one 256 px image in bf16 0.77-0.84 ->
+# 1.32-1.75 s, fp32 1.82 s (Zen 5, benchmarks/bench_shapes.py); README "Decoder steps 32".
+decoder_steps = 32
 sr_steps = 4
 # Prior guidance 1.5 (3.0 until 2026-12-03), from a sweep on the held-out prompts (30 x 16) and the second set
 # (30 x 8): full caption over all prompts 66.0% / 61.3% at 1.5 against 65.2% / 60.0% at 2.0 and 62.1% / 58.8% at 3.0;
