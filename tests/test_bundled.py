@@ -36,6 +36,22 @@ def test_shapes_is_the_default_and_its_files_match_weights_toml(offline):
     assert total <= 40e6  # the issue's limit for the bundled model
 
 
+def test_weights_toml_has_the_defaults_bundle_shapes_writes(offline):
+    """scripts/bundle_shapes.py rewrites the shapes block on every bundling: its defaults must be weights.toml's, or
+    the next bundling would silently undo a default chosen since (as 32 decoder steps, 2026-12-03)."""
+    import importlib.util
+    import tomllib
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bundle_shapes.py"
+    spec = importlib.util.spec_from_file_location("bundle_shapes", path)
+    bundle = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bundle)
+    written = tomllib.loads(bundle.DEFAULTS)["models"]["shapes"]["defaults"]
+    assert written == weights.registry()[1]["shapes"].defaults
+    assert written["decoder_steps"] == 32 and written["image_candidates"] == 2
+
+
 @pytest.mark.parametrize("prompt,color,shape", [("a large blue square", "blue", "square"),
                                                 ("a large red circle", "red", "circle")])
 def test_default_model_generates_offline_what_the_prompt_says(offline, prompt, color, shape):
