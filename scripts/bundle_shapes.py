@@ -17,7 +17,7 @@ STAGES = {"clip": "clip", "prior": "prior", "text_proj": "decoder", "decoder": "
 BEGIN, END = "# BEGIN shapes (written by scripts/bundle_shapes.py)", "# END shapes"
 DEFAULTS = """[models.shapes.defaults]
 size = 256  # --size 1024 adds the 256->1024 upsampler (about 5 s more on 2 CPU threads)
-# Sampler: DPM-Solver++(2M) SDE, log-SNR spacing, 16/16/4 steps, chosen from the steps-vs-accuracy curve (README
+# Sampler: DPM-Solver++(2M) SDE, log-SNR spacing, 16/16/4 steps (decoder 32 since, below), from the curve (README
 # "Speed", 2026-12-02): full-caption accuracy within 1 point of DDPM at 25/25/10 (32 px: 42.3% vs 42.5%; 256 px:
 # 46.7% vs 47.5%) in half the time; colour and shape 2-3 points lower. --sampler ddpm --spacing uniform
 # --prior-steps 25 --decoder-steps 25 --sr-steps 10 --prior-guidance 3 gives the defaults before 2026-12-02.

@@ -185,8 +185,8 @@ def check_model(spec, sampling: dict, *, image_encoder: str | None = None, prior
     if image_encoder and not spec.has_image_encoder:
         raise UnclipError(f"{image_encoder} needs a CLIP image encoder; model '{spec.name}' has none")
     if prior and "prior" not in spec.stages:
-        raise UnclipError(f"{prior} needs a prior; model '{spec.name}' has none (without one a model can only make "
-                          f"variations: `unclip vary`)")
+        raise UnclipError(f"{prior} needs a prior; model '{spec.name}' has none (without one a model can only vary "
+                          f"images and mix images)")
 
 
 def prepare(args: RunArgs, prompts: int = 1, *, image_encoder: str | None = None, prior: str | None = None,

@@ -43,9 +43,12 @@ VERB_ONLY = {"edit": ("edit",), "negative": ("generate", "edit"), "rerank": ("ge
 
 def option_verbs(o: options.OptionInfo, spec=None) -> list[str]:
     """The verbs that take a sampling option (the page reads this from /api/info rather than repeating the rule);
-    with a model's spec, none for image candidates when its CLIP has no image tower to rank them (Karlo)."""
+    with a model's spec, none for image candidates when its CLIP has no image tower to rank them (Karlo), none for the
+    prior's options when it has no prior."""
     if spec is not None and o.stage == "rerank" and not spec.has_image_encoder:
         return []
+    if spec is not None and o.stage == "prior" and "prior" not in spec.stages:
+        return []  # an image-variations model: nothing runs a prior
     return [v for v in VERBS if v in VERB_ONLY.get(o.stage, (v,))]
 
 

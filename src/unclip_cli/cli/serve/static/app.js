@@ -36,7 +36,9 @@ function selectTab(name) {
 // What this model can do: generate and edit need a prior; vary, and a mix side that is an image, need CLIP's
 // image tower (Karlo's text-only CLIP has none; an image-variations model has no prior). The rest is hidden.
 function canDo(info) {
-  return { generate: info.has_prior, edit: info.has_prior, vary: info.has_image_encoder,
+  // generate ranks its draws by CLIP when the model's default asks for more than one (the field is not offered then)
+  const generate = info.has_prior && (info.has_image_encoder || info.defaults.image_candidates <= 1);
+  return { generate, edit: info.has_prior, vary: info.has_image_encoder,
            mix: info.has_prior || info.has_image_encoder, image: info.has_image_encoder, text: info.has_prior };
 }
 
