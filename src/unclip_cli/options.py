@@ -11,8 +11,7 @@ from dataclasses import dataclass, field, fields, replace
 
 
 def option(default, help: str, *, stage: str, low=None, high=None, choices: tuple = ()):
-    """A sampling option: `stage` says which verbs offer it (vary has no prior; "negative": the verbs with
-    --negative-prompt, generate and edit; "rerank": generate)."""
+    """A sampling option: `stage` says which verbs offer it (VERB_STAGES)."""
     meta = {"help": help, "stage": stage, "low": low, "high": high, "choices": choices}
     return field(default=default, metadata={"option": meta})
 
@@ -65,6 +64,17 @@ class OptionInfo:
 SAMPLING = tuple(OptionInfo(f.name, f.type, f.default, **f.metadata["option"])
                  for f in fields(Options) if "option" in f.metadata)
 BY_NAME = {o.name: o for o in SAMPLING}
+# The option stages each verb offers, for the CLI's commands and serve's requests alike ("all" goes to every verb):
+# only generate and edit take a negative prompt, only edit resamples (RePaint), only generate reranks its draws.
+VERB_STAGES = {"generate": ("prior", "decoder", "upsampler", "negative", "rerank"),
+               "edit": ("prior", "decoder", "upsampler", "edit", "negative"),
+               "vary": ("prior", "decoder", "upsampler"), "mix": ("prior", "decoder", "upsampler"),
+               "eval": ("prior", "decoder", "upsampler", "rerank")}
+
+
+def offered(o: OptionInfo, verb: str) -> bool:
+    """Whether `verb` offers option `o`."""
+    return o.stage == "all" or o.stage in VERB_STAGES[verb]
 MODEL_DEFAULT_KEYS = (*BY_NAME, "size")  # what a model's [defaults] may set
 
 

@@ -78,25 +78,26 @@ RUN_OPTIONS = {
 }
 
 
-def _sampling_parameters(stages: set[str]) -> list[inspect.Parameter]:
-    """A Typer option for each sampling option of these stages (None = the model's default)."""
+def _sampling_parameters(verb: str) -> list[inspect.Parameter]:
+    """A Typer option for each sampling option the verb offers (None = the model's default)."""
     out = []
     for o in options.SAMPLING:
-        if o.stage in stages or o.stage == "all":
+        if options.offered(o, verb):
             hint = Annotated[Optional[o.type], typer.Option(o.flag, help=f"{o.help} Default: the model's, else {o.default}.")]
             out.append(inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, annotation=hint, default=None))
     return out
 
 
-def with_options(*stages: str, run: bool = True):
-    """Append the sampling options of `stages` (and, if `run`, RUN_OPTIONS) to a command's own parameters."""
+def with_options(verb: str, run: bool = True):
+    """Append the sampling options `verb` offers (options.VERB_STAGES; and, if `run`, RUN_OPTIONS) to a command's own
+    parameters."""
 
     def wrap(f):
         sig = inspect.signature(f)
         own = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
         extra = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=a, default=d)
                  for n, (a, d) in RUN_OPTIONS.items()] if run else []
-        params = own + extra + _sampling_parameters(set(stages))
+        params = own + extra + _sampling_parameters(verb)
         f.__signature__ = sig.replace(parameters=params)
         f.__annotations__ = {p.name: p.annotation for p in params}
         return f
@@ -115,7 +116,7 @@ Negative = Annotated[str, typer.Option("--negative-prompt", help="What to steer 
 
 
 @app.command()
-@with_options("prior", "decoder", "upsampler", "negative", "rerank")
+@with_options("generate")
 def generate(prompt: Annotated[Optional[str], typer.Argument(help="What to draw.")] = None,
              negative_prompt: Negative = "", prompts_file: PromptsFile = None, guidelines: GuidelinesFile = None,
              **kw):
@@ -128,7 +129,7 @@ def generate(prompt: Annotated[Optional[str], typer.Argument(help="What to draw.
 
 
 @app.command()
-@with_options("prior", "decoder", "upsampler")
+@with_options("vary")
 def vary(
     image: Annotated[Path, typer.Argument(help="The image to make variations of.")],
     strength: Annotated[float, typer.Option(help="How far from the input: 1 = from pure noise (default); below 1 the "
@@ -150,7 +151,7 @@ def vary(
 
 
 @app.command()
-@with_options("prior", "decoder", "upsampler")
+@with_options("mix")
 def mix(
     a: Annotated[str, typer.Argument(help="First side: an image file, or a text (through the prior). "
                                           "Write image:PATH or text:WORDS to say which.")],
@@ -167,7 +168,7 @@ def mix(
 
 
 @app.command()
-@with_options("prior", "decoder", "upsampler", "edit", "negative")
+@with_options("edit")
 def edit(
     image: Annotated[Path, typer.Argument(help="The image to edit (any size; never stretched).")],
     prompt: Annotated[Optional[str], typer.Argument(help="What the masked area should show.")] = None,
@@ -269,7 +270,7 @@ def train(
 
 
 @app.command("eval")
-@with_options("prior", "decoder", "upsampler", "rerank", run=False)
+@with_options("eval", run=False)
 def eval_(
     model: Annotated[Optional[str], typer.Argument(help="Model name (default: the bundled model).")] = None,
     per_prompt: Annotated[int, typer.Option(help="Images per held-out prompt.")] = 32,

@@ -38,9 +38,6 @@ VERBS = {
 }
 
 
-VERB_ONLY = {"edit": ("edit",), "negative": ("generate", "edit"), "rerank": ("generate",)}  # stages only some verbs take
-
-
 def option_verbs(o: options.OptionInfo, spec=None) -> list[str]:
     """The verbs that take a sampling option (the page reads this from /api/info rather than repeating the rule);
     with a model's spec, none for image candidates when its CLIP has no image tower to rank them (Karlo), none for the
@@ -49,13 +46,12 @@ def option_verbs(o: options.OptionInfo, spec=None) -> list[str]:
         return []
     if spec is not None and o.stage == "prior" and "prior" not in spec.stages:
         return []  # an image-variations model: nothing runs a prior
-    return [v for v in VERBS if v in VERB_ONLY.get(o.stage, (v,))]
+    return [v for v in VERBS if options.offered(o, v)]
 
 
 def sampling_fields(verb: str) -> list[options.OptionInfo]:
-    """The sampling options a verb takes, as the CLI offers them (RePaint's only for edit, the negative prompt's
-    rescale for generate and edit, image candidates for generate)."""
-    return [o for o in options.SAMPLING if verb in option_verbs(o)]
+    """The sampling options a verb takes, as the CLI offers them (options.VERB_STAGES)."""
+    return [o for o in options.SAMPLING if options.offered(o, verb)]
 
 
 def api_words(message: str) -> str:
